@@ -1,0 +1,99 @@
+"""Load an experiment config: schema defaults <- YAML file <- key=value overrides.
+
+Errors name the key path (or the file) and are raised as `ConfigError`.
+"""
+from __future__ import annotations
+
+import os
+from typing import Iterable, Optional, Sequence
+
+import yaml
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from ..errors import ConfigError
+from .schema import ExperimentConfig
+from .validate import validate
+
+
+def _describe(exc: OmegaConfBaseException, where: str) -> str:
+    key = getattr(exc, "full_key", None)
+    msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    # OmegaConf messages repeat the key; keep the first line, prefix the key path.
+    if key:
+        return f"{where}: key '{key}': {msg}"
+    return f"{where}: {msg}"
+
+
+def _read_yaml(path: str) -> DictConfig:
+    if not os.path.exists(path):
+        raise ConfigError(f"config file not found: {path}")
+    if os.path.isdir(path):
+        raise ConfigError(f"config path is a folder, not a YAML file: {path}")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"{path}{line}: invalid YAML: {getattr(e, 'problem', e)}") from None
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of keys, got {type(data).__name__}")
+    return OmegaConf.create(data)
+
+
+def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
+    for o in overrides:
+        if "=" not in o or o.startswith("="):
+            raise ConfigError(f"override '{o}' is not of the form key=value")
+    try:
+        return OmegaConf.from_dotlist(list(overrides))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, "overrides")) from None
+
+
+def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> DictConfig:
+    """Return a validated, structured `DictConfig` of `ExperimentConfig`."""
+    cfg = OmegaConf.structured(ExperimentConfig)
+    OmegaConf.set_struct(cfg, True)
+    if path:
+        try:
+            cfg = OmegaConf.merge(cfg, _read_yaml(path))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_describe(e, path)) from None
+    overrides = list(overrides)
+    if overrides:
+        try:
+            cfg = OmegaConf.merge(cfg, _parse_overrides(overrides))
+        except OmegaConfBaseException as e:
+            raise ConfigError(_describe(e, "override")) from None
+    try:
+        OmegaConf.resolve(cfg)
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, "interpolation")) from None
+    validate(cfg)
+    return cfg
+
+
+def config_from_dict(data: dict) -> DictConfig:
+    """Rebuild a structured config from a plain dict (e.g. a saved config.yaml)."""
+    try:
+        cfg = OmegaConf.merge(OmegaConf.structured(ExperimentConfig), OmegaConf.create(data))
+    except OmegaConfBaseException as e:
+        raise ConfigError(_describe(e, "saved config")) from None
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: DictConfig, path: str) -> None:
+    """Write the fully resolved config as YAML (atomically)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(OmegaConf.to_yaml(cfg, resolve=True))
+    os.replace(tmp, path)
+
+
+def to_dict(cfg: DictConfig) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]

@@ -1,0 +1,69 @@
+"""Value checks the type system cannot express. Each error names the key path."""
+from __future__ import annotations
+
+from omegaconf import DictConfig
+
+from ..errors import ConfigError
+
+CHOICES = {
+    "resume": None,  # free-form: never | auto | path
+    "data.mode": ("exact", "resampled"),
+    "data.on_error": ("raise", "skip"),
+    "data.encoding": ("npy", "png"),
+    "data.source": ("digits", "idx", "npz", "imagefolder", "shards"),
+    "method.attack.norm": ("linf", "l2"),
+    "method.attack.loss": ("ce", "cw"),
+    "method.attack.model_mode": ("eval", "train"),
+    "optim.schedule": ("constant", "cosine", "linear", "onecycle"),
+    "engine.backend": ("deepspeed", "torch"),
+    "engine.launcher": ("local", "torchrun", "ray"),
+    "engine.device": ("auto", "cpu", "cuda"),
+    "engine.precision": ("fp32", "bf16", "fp16"),
+    "eval.norm": ("linf", "l2"),
+    "eval.model_mode": ("eval", "train"),
+    "tracking.mode": ("auto", "offline", "online", "disabled"),
+}
+
+POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "engine.workers",
+            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts",
+            "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
+NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
+                "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
+                "method.attack.eps", "method.attack.steps", "train.keep_last")
+
+
+def _get(cfg: DictConfig, path: str):
+    node = cfg
+    for part in path.split("."):
+        node = node[part]
+    return node
+
+
+def validate(cfg: DictConfig) -> None:
+    for key, choices in CHOICES.items():
+        if choices is None:
+            continue
+        val = _get(cfg, key)
+        if val not in choices:
+            raise ConfigError(f"key '{key}': value '{val}' is not one of {', '.join(choices)}")
+    for key in POSITIVE:
+        if _get(cfg, key) <= 0:
+            raise ConfigError(f"key '{key}': must be > 0, got {_get(cfg, key)}")
+    for key in NON_NEGATIVE:
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"key '{key}': must be >= 0, got {_get(cfg, key)}")
+    if cfg.engine.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"key 'engine.zero_stage': must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
+    for i, e in enumerate(cfg.eval.eps):
+        if e < 0:
+            raise ConfigError(f"key 'eval.eps.{i}': epsilon must be >= 0, got {e}")
+    if not 0.0 <= cfg.data.test_fraction < 1.0 or not 0.0 <= cfg.data.val_fraction < 1.0:
+        raise ConfigError("key 'data.test_fraction'/'data.val_fraction': must be in [0, 1)")
+    if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
+        raise ConfigError("keys 'data.val_fraction' + 'data.test_fraction' must sum to < 1")
+    if len(cfg.model.mean) != len(cfg.model.std):
+        raise ConfigError("keys 'model.mean' and 'model.std' must have the same length")
+    if any(s <= 0 for s in cfg.model.std):
+        raise ConfigError("key 'model.std': every entry must be > 0")
+    if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
+        raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
