@@ -1,0 +1,79 @@
+"""Adversarial attacks: ``attack(model, x, y, generator=None) -> x_adv``.
+
+Build one by name (timm-style registry)::
+
+    atk = create_attack("pgd", eps=0.1, steps=10)        # or attack_from_config(cfg.method.attack)
+    x_adv = atk(model, x, y, generator=torch.Generator().manual_seed(0))
+
+or call a functional form (``fgsm``, ``pgd``, ``apgd``, ``deepfool``). The contract
+(bounds, modes, gradients, precision, randomness) is in ``base.py`` and docs/attacks.md.
+"""
+from __future__ import annotations
+
+import inspect
+
+from ..errors import ConfigError
+from ..registry import Registry
+from .base import Attack, ModelMode, dlr_loss, margin, per_sample_loss, project  # noqa: F401
+from .gradient import BIM, FGSM, FGSMRS, MIM, PGD, fgsm, pgd  # noqa: F401
+
+ATTACKS = Registry("attack", "method.attack.name")
+register_attack = ATTACKS.register
+
+for _cls in (FGSM, FGSMRS, BIM, PGD, MIM):
+    register_attack(_cls.name)(_cls)
+
+# arguments every attack is offered; an attack that has no use for one ignores it
+_COMMON = ("alpha", "steps", "norm", "random_start", "restarts", "loss", "model_mode", "targeted")
+
+
+def create_attack(name: str, *, eps: float, alpha=None, steps: int = 10, norm: str = "linf",
+                  random_start: bool = True, restarts: int = 1, loss: str = "ce", model_mode: str = "eval",
+                  targeted: bool = False, **kw) -> Attack:
+    """Build the attack registered as ``name``.
+
+    The common arguments (alpha, steps, norm, random_start, restarts, loss, model_mode,
+    targeted) are passed to attacks that take them and ignored by those that have no use
+    for them (e.g. ``fgsm`` ignores steps); attack-specific keywords (``schedule``,
+    ``decay``, ``overshoot``, ``track_best``...) must be accepted by the attack, else a
+    ``ConfigError`` names them.
+    """
+    cls = ATTACKS.get(name)
+    params = inspect.signature(cls.__init__).parameters
+    takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    accepted = set(params) if not takes_var_kw else _accepted_names(cls)
+    common = dict(alpha=alpha, steps=steps, norm=norm, random_start=random_start, restarts=restarts,
+                  loss=loss, model_mode=model_mode, targeted=targeted)
+    args = {k: v for k, v in common.items() if k in accepted}
+    unknown = sorted(k for k in kw if k not in accepted)
+    if unknown:
+        raise ConfigError(f"key 'method.attack.kwargs': attack '{name}' does not take {', '.join(unknown)}")
+    args.update(kw)
+    return cls(eps=eps, **args)
+
+
+def _accepted_names(cls):
+    """Keyword names accepted along the MRO (for classes that forward **kw to a parent)."""
+    names = set()
+    for c in cls.__mro__:
+        if "__init__" in c.__dict__ and c is not object:
+            names |= {n for n, p in inspect.signature(c.__init__).parameters.items()
+                      if p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL) and n != "self"}
+            if not any(p.kind is p.VAR_KEYWORD for p in inspect.signature(c.__init__).parameters.values()):
+                break
+    return names
+
+
+def attack_from_config(cfg) -> Attack:
+    """Build the attack of an ``AttackConfig`` (section ``method.attack``)."""
+    return create_attack(cfg.name, eps=cfg.eps, alpha=cfg.alpha, steps=cfg.steps, norm=cfg.norm,
+                         random_start=cfg.random_start, restarts=cfg.restarts, loss=cfg.loss,
+                         model_mode=cfg.model_mode, **dict(cfg.kwargs or {}))
+
+
+def available():
+    return ATTACKS.names()
+
+
+__all__ = ["Attack", "ATTACKS", "register_attack", "create_attack", "attack_from_config", "available",
+           "fgsm", "pgd", "ModelMode", "project", "per_sample_loss", "margin", "dlr_loss"]

@@ -1,0 +1,153 @@
+"""First-order attacks with a fixed budget: FGSM, FGSM-RS, BIM, PGD (L-inf / L2), MIM.
+
+References
+* FGSM: Goodfellow, Shlens & Szegedy 2015, x' = x + eps * sign(grad_x L).
+* FGSM-RS: Wong, Rice & Kolter 2020 ("Fast is better than free"): uniform start
+  in the ball, one step of alpha = 1.25 eps, projection.
+* BIM: Kurakin, Goodfellow & Bengio 2017: iterated FGSM with step alpha and
+  clipping to the eps ball after each step, no random start.
+* PGD: Madry et al. 2018: random start in the ball, steps of alpha * sign(grad)
+  (L-inf) or alpha * grad / ||grad||_2 (L2), projection after each step; with
+  restarts the worst case per sample is kept.
+* MIM: Dong et al. 2018: momentum g <- mu g + grad / ||grad||_1, step alpha * sign(g).
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from .base import (Attack, default_alpha, normalize_grad, project, random_start as _random_start,
+                   step_sizes)
+from ..errors import ConfigError
+
+
+class _BestTracker:
+    """Keeps, per sample, the worst case seen so far: the first point that fools the
+    model, else the point of highest objective."""
+
+    def __init__(self, x: torch.Tensor):
+        n = x.shape[0]
+        self.x = x.clone()
+        self.loss = torch.full((n,), float("-inf"), device=x.device)
+        self.fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
+
+    def update(self, x_adv, loss, fooled):
+        take = ~self.fooled & (fooled | (loss > self.loss))
+        self.x[take] = x_adv[take]
+        self.loss[take] = loss[take]
+        self.fooled |= fooled
+
+
+class FGSM(Attack):
+    name = "fgsm"
+
+    def __init__(self, *, eps, norm="linf", loss="ce", model_mode="eval", targeted=False):
+        super().__init__(eps=eps, norm=norm, loss=loss, model_mode=model_mode, targeted=targeted)
+
+    def _run(self, model, x, y, generator):
+        _, g, _ = self.loss_and_grad(model, x, y)
+        return project(x + self.eps * normalize_grad(g, self.norm), x, self.eps, self.norm)
+
+
+class FGSMRS(Attack):
+    name = "fgsm_rs"
+
+    def __init__(self, *, eps, alpha=None, norm="linf", loss="ce", model_mode="eval", targeted=False):
+        super().__init__(eps=eps, norm=norm, loss=loss, model_mode=model_mode, targeted=targeted)
+        self.alpha = 1.25 * self.eps if alpha is None else float(alpha)
+
+    def _run(self, model, x, y, generator):
+        x0 = _random_start(x, self.eps, self.norm, generator)
+        _, g, _ = self.loss_and_grad(model, x0, y)
+        return project(x0 + self.alpha * normalize_grad(g, self.norm), x, self.eps, self.norm)
+
+
+class PGD(Attack):
+    """Projected gradient descent. ``schedule`` (constant | cosine | step) sets per-step sizes;
+    ``track_best=True`` returns, per sample, the worst iterate instead of the last one
+    (used by the evaluation suite; costs one extra forward pass per restart)."""
+
+    name = "pgd"
+
+    def __init__(self, *, eps, alpha=None, steps=10, norm="linf", random_start=True, restarts=1, loss="ce",
+                 model_mode="eval", targeted=False, schedule="constant", track_best=False):
+        super().__init__(eps=eps, norm=norm, loss=loss, model_mode=model_mode, targeted=targeted)
+        if int(steps) < 1:
+            raise ConfigError(f"attack '{self.name}': steps must be >= 1, got {steps}")
+        if int(restarts) < 1:
+            raise ConfigError(f"attack '{self.name}': restarts must be >= 1, got {restarts}")
+        self.steps, self.restarts = int(steps), int(restarts)
+        self.alpha = self._default_alpha() if alpha is None else float(alpha)
+        self.random_start, self.schedule, self.track_best = bool(random_start), schedule, bool(track_best)
+        self.sizes = step_sizes(self.alpha, self.steps, schedule)
+
+    def _default_alpha(self):
+        return default_alpha(self.eps, self.steps)
+
+    def _direction(self, g, state):
+        return normalize_grad(g, self.norm)
+
+    def _run(self, model, x, y, generator):
+        track = self.track_best or self.restarts > 1
+        best = _BestTracker(x) if track else None
+        for _ in range(self.restarts):
+            x_adv = _random_start(x, self.eps, self.norm, generator) if self.random_start else x.clone()
+            state = {}
+            for a in self.sizes:
+                loss, g, logits = self.loss_and_grad(model, x_adv, y)
+                if track:
+                    best.update(x_adv, loss, self.fooled(logits, y))
+                x_adv = project(x_adv + a * self._direction(g, state), x, self.eps, self.norm)
+            if not track:
+                return x_adv
+            with torch.no_grad():
+                logits = model(x_adv).float()
+                best.update(x_adv, self.objective(logits, y), self.fooled(logits, y))
+        return best.x
+
+
+class BIM(PGD):
+    """Kurakin et al. 2017: PGD without random start; default step eps / steps."""
+
+    name = "bim"
+
+    def __init__(self, *, eps, alpha=None, steps=10, norm="linf", random_start=False, **kw):
+        super().__init__(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=False, **kw)
+
+    def _default_alpha(self):
+        return self.eps / self.steps
+
+
+class MIM(PGD):
+    """Momentum iterative method (Dong et al. 2018); ``decay`` is mu (default 1.0)."""
+
+    name = "mim"
+
+    def __init__(self, *, eps, alpha=None, steps=10, decay=1.0, random_start=False, **kw):
+        super().__init__(eps=eps, alpha=alpha, steps=steps, random_start=random_start, **kw)
+        self.decay = float(decay)
+
+    def _default_alpha(self):
+        return self.eps / self.steps
+
+    def _direction(self, g, state):
+        # g_{t+1} = mu * g_t + grad / ||grad||_1 (the L1 norm per sample, as a mean for scale-free steps)
+        g = g / (g.abs().flatten(1).mean(1).view(-1, *([1] * (g.dim() - 1))) + 1e-12)
+        m = state.get("m")
+        m = g if m is None else self.decay * m + g
+        state["m"] = m
+        return normalize_grad(m, self.norm)
+
+
+# ------------------------------------------------------------- functional forms
+def fgsm(model, x, y, eps, *, norm="linf", loss="ce", model_mode="eval", targeted=False):
+    return FGSM(eps=eps, norm=norm, loss=loss, model_mode=model_mode, targeted=targeted)(model, x, y)
+
+
+def pgd(model, x, y, eps, *, alpha=None, steps=10, norm="linf", random_start=True, restarts=1, loss="ce",
+        model_mode="eval", targeted=False, schedule="constant", track_best=False,
+        generator: Optional[torch.Generator] = None):
+    atk = PGD(eps=eps, alpha=alpha, steps=steps, norm=norm, random_start=random_start, restarts=restarts,
+              loss=loss, model_mode=model_mode, targeted=targeted, schedule=schedule, track_best=track_best)
+    return atk(model, x, y, generator)

@@ -1,0 +1,353 @@
+"""The robustness evaluation suite: ``evaluate_model(model, loader, cfg.eval) -> report``.
+
+How a run is organised (docs/evaluation.md has the definitions):
+
+1. The loader's samples are re-cut into *global batches* of ``cfg.batch_size`` in
+   stream order (the first ``cfg.max_samples`` only). Global batch ``b`` is
+   evaluated by rank ``b % world_size``; every rank reads the full stream, which
+   is cheap next to the attacks.
+2. Every random draw for batch ``b`` (attack starts, restarts, Gaussian noise,
+   smoothing noise) comes from a generator seeded by (cfg.seed, what, b), so the
+   numbers do not depend on the number of ranks or on the loader's own batching.
+3. Per rank, results are integer counts plus per-sample records keyed by the
+   global sample index; ranks are reduced with ``all_gather_object`` and sorted
+   by index, so N ranks give exactly the 1-rank report.
+4. After every global batch the accumulated state can be written to
+   ``state_file``; a re-run with the same file and configuration skips the
+   batches already done.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import time
+from typing import Any, Dict, Iterable, List, Optional
+
+import torch
+from tqdm.auto import tqdm
+
+from ..attacks import ATTACKS, ModelMode, create_attack
+from ..attacks import _accepted_names
+from ..errors import ConfigError, UserError
+
+STATE_VERSION = 1
+
+
+# ---------------------------------------------------------------- helpers
+def seed_for(*parts) -> int:
+    """A 63-bit seed from any tuple of ints/strings (stable across processes and runs)."""
+    h = hashlib.sha256(repr(tuple(parts)).encode()).digest()
+    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
+
+
+def make_generator(device, *parts) -> torch.Generator:
+    g = torch.Generator(device=torch.device(device))
+    g.manual_seed(seed_for(*parts))
+    return g
+
+
+def normalised_auc(eps: List[float], acc: List[float]) -> float:
+    """Trapezoidal area under acc(eps) over [0, max eps], divided by max eps (in [0, 1]).
+    With a single point (max eps = 0) it is that accuracy."""
+    if len(eps) == 1 or eps[-1] <= 0:
+        return float(acc[0])
+    area = sum((eps[i + 1] - eps[i]) * (acc[i + 1] + acc[i]) / 2 for i in range(len(eps) - 1))
+    return float(area / (eps[-1] - eps[0]))
+
+
+def rebatch(loader: Iterable, batch_size: int, max_samples: Optional[int] = None):
+    """Yield (global_batch_index, first_sample_index, x, y), re-cut to ``batch_size``."""
+    buf_x, buf_y, have, start, b, seen = [], [], 0, 0, 0, 0
+    for x, y in loader:
+        x, y = torch.as_tensor(x), torch.as_tensor(y)
+        if max_samples is not None:
+            x, y = x[: max_samples - seen], y[: max_samples - seen]
+        seen += x.shape[0]
+        buf_x.append(x)
+        buf_y.append(y)
+        have += x.shape[0]
+        while have >= batch_size:
+            xs, ys = torch.cat(buf_x), torch.cat(buf_y)
+            yield b, start, xs[:batch_size], ys[:batch_size]
+            b, start = b + 1, start + batch_size
+            buf_x, buf_y, have = [xs[batch_size:]], [ys[batch_size:]], have - batch_size
+        if max_samples is not None and seen >= max_samples:
+            break
+    if have:
+        yield b, start, torch.cat(buf_x), torch.cat(buf_y)
+
+
+def _check_cfg(cfg) -> None:
+    if not list(cfg.eps):
+        raise ConfigError("key 'eval.eps': the epsilon grid is empty")
+    for i, e in enumerate(cfg.eps):
+        if e < 0:
+            raise ConfigError(f"key 'eval.eps.{i}': epsilon must be >= 0, got {e}")
+    for i, a in enumerate(cfg.attacks):
+        if a not in ATTACKS:
+            raise ConfigError(f"key 'eval.attacks.{i}': unknown attack '{a}'; available: "
+                              f"{', '.join(ATTACKS.names())}")
+    for i, s in enumerate(cfg.noise_sigmas):
+        if s < 0:
+            raise ConfigError(f"key 'eval.noise_sigmas.{i}': sigma must be >= 0, got {s}")
+    if cfg.batch_size <= 0:
+        raise ConfigError(f"key 'eval.batch_size': must be > 0, got {cfg.batch_size}")
+    if cfg.max_samples is not None and cfg.max_samples <= 0:
+        raise ConfigError(f"key 'eval.max_samples': must be > 0 or null, got {cfg.max_samples}")
+
+
+def eps_grid(cfg) -> List[float]:
+    """The curve's abscissae: the configured grid, sorted, deduplicated, with 0 (clean) added."""
+    return sorted({0.0, *[float(e) for e in cfg.eps]})
+
+
+def build_eval_attack(name: str, eps: float, cfg):
+    """The attack ``name`` at ``eps`` as the suite runs it: cfg.norm, cfg.pgd_steps,
+    cfg.pgd_alpha, cfg.restarts, cfg.model_mode, and the worst iterate per sample."""
+    kw = {}
+    if "track_best" in _accepted_names(ATTACKS.get(name)):
+        kw["track_best"] = True
+    return create_attack(name, eps=eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, norm=cfg.norm,
+                         random_start=True, restarts=cfg.restarts, model_mode=cfg.model_mode, **kw)
+
+
+def _cfg_dict(cfg) -> Dict[str, Any]:
+    try:
+        from omegaconf import OmegaConf
+        if OmegaConf.is_config(cfg):
+            return OmegaConf.to_container(cfg, resolve=True)
+    except ImportError:  # pragma: no cover
+        pass
+    from dataclasses import asdict, is_dataclass
+    return asdict(cfg) if is_dataclass(cfg) else dict(cfg)
+
+
+# ---------------------------------------------------------------- per-rank state
+class _State:
+    """Everything a rank has accumulated; JSON-serialisable for the resume file."""
+
+    def __init__(self, attacks: List[str], grid: List[float], sigmas: List[float]):
+        self.next_batch = 0
+        self.n = 0
+        self.clean = 0
+        self.correct = {a: [0] * len(grid) for a in attacks}   # counts per eps index
+        self.worst = [0] * len(grid)
+        self.noise = [0] * len(sigmas)
+        self.aa = [0] * len(grid)
+        self.samples: List[list] = []   # [global index, label, clean ok, {attack: first flip idx or -1}, worst idx]
+        self.certify: List[list] = []   # [global index, label, prediction (-1 = abstain), radius]
+        self.seconds = 0.0
+
+    def to_json(self):
+        return dict(self.__dict__)
+
+    @classmethod
+    def from_json(cls, d):
+        s = cls.__new__(cls)
+        s.__dict__.update(d)
+        return s
+
+
+def _fingerprint(cfg_dict, rank, world_size, model) -> str:
+    params = sum(p.numel() for p in model.parameters())
+    return hashlib.sha256(json.dumps([cfg_dict, rank, world_size, params], sort_keys=True,
+                                     default=str).encode()).hexdigest()[:16]
+
+
+def _load_state(path, fp):
+    if not path or not os.path.exists(path):
+        return None
+    try:
+        with open(path) as f:
+            d = json.load(f)
+    except (OSError, ValueError) as e:
+        raise UserError(f"cannot read evaluation state file '{path}': {e}") from None
+    if d.get("version") != STATE_VERSION or d.get("fingerprint") != fp:
+        raise UserError(f"evaluation state file '{path}' belongs to a different evaluation "
+                        "(config, ranks or model differ); delete it or pass another state file")
+    return _State.from_json(d["state"])
+
+
+def _save_state(path, fp, state):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump({"version": STATE_VERSION, "fingerprint": fp, "state": state.to_json()}, f)
+    os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------- the batch step
+@torch.no_grad()
+def _predict(model, x, mode):
+    with ModelMode(model, mode):
+        return model(x).float().argmax(1)
+
+
+def _eval_batch(model, x, y, b, first, cfg, grid, st: _State, extras):
+    n = x.shape[0]
+    ok_clean = _predict(model, x, cfg.model_mode) == y
+    st.n += n
+    st.clean += int(ok_clean.sum())
+    # ok[a][:, j]: sample still correct under attack a at grid[j]
+    ok = {}
+    for ai, name in enumerate(cfg.attacks):
+        mat = torch.zeros(n, len(grid), dtype=torch.bool, device=x.device)
+        for j, e in enumerate(grid):
+            if e == 0:
+                mat[:, j] = ok_clean
+                continue
+            idx = ok_clean.nonzero().squeeze(1)   # only samples correct on clean inputs can be robust
+            if idx.numel():
+                gen = make_generator(x.device, cfg.seed, "attack", name, j, b)
+                x_adv = build_eval_attack(name, e, cfg)(model, x[idx], y[idx], gen)
+                mat[idx, j] = _predict(model, x_adv, cfg.model_mode) == y[idx]
+        ok[name] = mat
+        st.correct[name] = [c + int(v) for c, v in zip(st.correct[name], mat.sum(0).tolist())]
+    worst = ok_clean[:, None].expand(n, len(grid)).clone()
+    for mat in ok.values():
+        worst &= mat
+    if "autoattack" in extras:
+        mat = extras["autoattack"](model, x, y, b, ok_clean)
+        st.aa = [c + int(v) for c, v in zip(st.aa, mat.sum(0).tolist())]
+        worst &= mat
+        ok["autoattack"] = mat
+    st.worst = [c + int(v) for c, v in zip(st.worst, worst.sum(0).tolist())]
+    for k, s in enumerate(cfg.noise_sigmas):
+        gen = make_generator(x.device, cfg.seed, "noise", k, b)
+        noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=torch.float32).to(x.dtype)
+        st.noise[k] += int((_predict(model, (x + s * noise).clamp(0, 1), cfg.model_mode) == y).sum())
+
+    def first_flip(mat):  # index of the smallest grid eps at which the sample is wrong, -1 = never
+        wrong = ~mat
+        return torch.where(wrong.any(1), wrong.float().argmax(1), torch.full_like(wrong[:, 0], -1, dtype=torch.long))
+
+    flips = {a: first_flip(m).tolist() for a, m in ok.items()}
+    worst_flip = first_flip(worst).tolist()
+    yl, okl = y.tolist(), ok_clean.tolist()
+    for i in range(n):
+        st.samples.append([first + i, yl[i], bool(okl[i]), {a: f[i] for a, f in flips.items()}, worst_flip[i]])
+    if "certify" in extras:
+        st.certify.extend(extras["certify"](model, x, y, b, first))
+
+
+# ---------------------------------------------------------------- public entry
+def evaluate_model(model, loader, cfg, *, device="cpu", rank: int = 0, world_size: int = 1,
+                   progress: bool = True, state_file: Optional[str] = None) -> Dict[str, Any]:
+    """Run the robustness suite of ``cfg`` (an ``EvalConfig``) on ``model`` over ``loader``.
+
+    ``loader`` yields (x, y) batches of the *whole* evaluation set in a fixed order
+    (do not pre-shard it): with ``world_size > 1`` (torch.distributed initialised)
+    each rank evaluates global batches ``b % world_size == rank`` and every rank
+    returns the same reduced report. ``state_file`` (per rank: ``.rankR`` is appended
+    when world_size > 1) makes the run resumable after an interruption.
+    """
+    _check_cfg(cfg)
+    grid = eps_grid(cfg)
+    cfg_dict = _cfg_dict(cfg)
+    extras = {}
+    if cfg.autoattack:
+        from .autoattack import autoattack_batch_fn
+        extras["autoattack"] = autoattack_batch_fn(cfg, grid)
+    if cfg.certify:
+        from .certify import certify_batch_fn
+        extras["certify"] = certify_batch_fn(cfg)
+
+    if state_file and world_size > 1:
+        state_file = f"{state_file}.rank{rank}"
+    fp = _fingerprint(cfg_dict, rank, world_size, model)
+    st = _load_state(state_file, fp) or _State(list(cfg.attacks), grid, list(cfg.noise_sigmas))
+
+    total = None
+    if cfg.max_samples is not None:
+        total = math.ceil(cfg.max_samples / cfg.batch_size)
+    elif hasattr(loader, "__len__") and hasattr(loader, "batch_size") and getattr(loader, "dataset", None) is not None:
+        try:
+            total = math.ceil(len(loader.dataset) / cfg.batch_size)
+        except TypeError:
+            total = None
+    bar = tqdm(total=total, desc="eval", unit="batch", disable=not progress or rank != 0, leave=False)
+    t0 = time.perf_counter()
+    for b, first, x, y in rebatch(loader, cfg.batch_size, cfg.max_samples):
+        bar.update(1)
+        if b % world_size != rank or b < st.next_batch:
+            continue
+        x = x.to(device=device, dtype=torch.float32)
+        y = y.to(device=device, dtype=torch.long)
+        _eval_batch(model, x, y, b, first, cfg, grid, st, extras)
+        st.next_batch = b + 1
+        if state_file:
+            st.seconds += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            _save_state(state_file, fp, st)
+    bar.close()
+    st.seconds += time.perf_counter() - t0
+    states = _gather_states(st, world_size)
+    return _build_report(states, cfg, cfg_dict, grid, world_size)
+
+
+def _gather_states(st: _State, world_size: int) -> List[_State]:
+    if world_size <= 1:
+        return [st]
+    import torch.distributed as dist
+    if not (dist.is_available() and dist.is_initialized()):
+        raise UserError(f"evaluate_model: world_size={world_size} needs torch.distributed initialised")
+    out = [None] * world_size
+    dist.all_gather_object(out, st.to_json())
+    return [_State.from_json(d) for d in out]
+
+
+# ---------------------------------------------------------------- the report
+def _lower_median(values: List[float]) -> Optional[float]:
+    if not values:
+        return None
+    v = sorted(values)
+    m = v[(len(v) - 1) // 2]
+    return None if math.isinf(m) else m
+
+
+def _critical(flips: List[int], grid: List[float]) -> Dict[str, Any]:
+    vals = [grid[f] if f >= 0 else math.inf for f in flips]
+    never = sum(1 for v in vals if math.isinf(v))
+    return {"median": _lower_median(vals), "robust_beyond_grid": never / max(len(vals), 1),
+            "hist": {str(e): sum(1 for v in vals if v == e) for e in grid}}
+
+
+def _build_report(states: List[_State], cfg, cfg_dict, grid, world_size) -> Dict[str, Any]:
+    n = sum(s.n for s in states)
+    if n == 0:
+        raise UserError("evaluate_model: the loader yielded no samples")
+    samples = sorted((r for s in states for r in s.samples), key=lambda r: r[0])
+    acc = lambda c: c / n  # noqa: E731
+    report: Dict[str, Any] = {"n": n, "clean_acc": acc(sum(s.clean for s in states)), "attacks": {}}
+    curves = {}
+    for name in cfg.attacks:
+        counts = [sum(s.correct[name][j] for s in states) for j in range(len(grid))]
+        accs = [acc(c) for c in counts]
+        report["attacks"][name] = {"eps": grid, "acc": accs, "auc": normalised_auc(grid, accs),
+                                   "critical_eps": _critical([r[3][name] for r in samples], grid)}
+        curves[name] = accs
+    if cfg.autoattack:
+        accs = [acc(sum(s.aa[j] for s in states)) for j in range(len(grid))]
+        report["autoattack"] = {"eps": grid, "acc": accs, "auc": normalised_auc(grid, accs),
+                                "steps": int(getattr(cfg, "autoattack_steps", 100)),
+                                "critical_eps": _critical([r[3]["autoattack"] for r in samples], grid)}
+        curves["autoattack"] = accs
+    worst = [acc(sum(s.worst[j] for s in states)) for j in range(len(grid))]
+    report["worst_case"] = {"eps": grid, "acc": worst, "auc": normalised_auc(grid, worst),
+                            "attacks": list(curves)}
+    report["robustness_score"] = report["worst_case"]["auc"]
+    report["strongest_attack"] = min(curves, key=lambda a: normalised_auc(grid, curves[a])) if curves else None
+    crit = _critical([r[4] for r in samples], grid)
+    report["critical_eps"] = {**crit, "values": [grid[r[4]] if r[4] >= 0 else None for r in samples]}
+    if cfg.noise_sigmas:
+        report["noise"] = {"sigma": [float(s) for s in cfg.noise_sigmas],
+                           "acc": [acc(sum(s.noise[k] for s in states)) for k in range(len(cfg.noise_sigmas))]}
+    if cfg.certify:
+        from .certify import summarise
+        recs = sorted((r for s in states for r in s.certify), key=lambda r: r[0])
+        report["certify"] = summarise(recs, cfg.certify)
+    report["config"] = cfg_dict
+    report["world_size"] = world_size
+    report["seconds"] = round(max(s.seconds for s in states), 3)
+    return report
