@@ -1,0 +1,88 @@
+"""Data layer: WebDataset shards written once, streamed by every job.
+
+    prepare(cfg.data)                       -> manifest (writes shards once; idempotent, atomic)
+    train_loader(cfg.data, rank=, world_size=, epoch=, image_size=, seed=) -> ShardLoader
+    eval_loader(cfg.data, split="test", rank=, world_size=, batch_size=)   -> ShardLoader
+    dataset_info(cfg.data)                  -> {num_classes, image_shape, num_samples, ...}
+
+Loaders yield `(x, y)`: x float32 NCHW in [0, 1], y int64. See docs/data.md.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Dict, Optional
+
+from ..errors import DataError
+from .loader import ShardLoader
+from .reader import clear_cache, resolve_urls, verify_shards
+from .shards import MANIFEST, prepare, read_manifest, write_dataset
+
+__all__ = ["prepare", "train_loader", "eval_loader", "dataset_info", "ShardLoader", "write_dataset",
+           "read_manifest", "clear_cache"]
+
+
+def _manifest_or_none(cfg) -> Optional[Dict[str, Any]]:
+    root = Path(cfg.root)
+    if (root / MANIFEST).exists():
+        return read_manifest(root)
+    if cfg.source != "shards":
+        raise DataError(f"no shards in data.root={root}: call scaletrain.data.prepare(cfg.data) "
+                        f"(or `scaletrain shards`) first")
+    return None
+
+
+def _hwc(manifest) -> Optional[tuple]:
+    if not manifest or "image_shape" not in manifest:
+        return None
+    c, h, w = manifest["image_shape"]
+    return (h, w, c)
+
+
+def _build(cfg, split: str, **kw) -> ShardLoader:
+    manifest = _manifest_or_none(cfg)
+    urls, counts, shas = resolve_urls(cfg, split, manifest)
+    verify_shards(urls, shas, cfg.on_error)
+    return ShardLoader(urls, counts, image_hwc=_hwc(manifest), on_error=cfg.on_error,
+                       shuffle_buffer=cfg.shuffle_buffer, workers=cfg.workers, split=split, **kw)
+
+
+def train_loader(cfg, *, rank: int = 0, world_size: int = 1, epoch: int = 0,
+                 image_size: Optional[int] = None, seed: Optional[int] = None) -> ShardLoader:
+    """The training stream of this rank: shuffled, augmented, `cfg.mode` exact or resampled.
+
+    `image_size` overrides `cfg.augment.resize` (a later stage may change
+    resolution). Iterating it again continues with the next epoch (reshuffled);
+    `set_epoch(e)` jumps to epoch e."""
+    aug = cfg.augment
+    return _build(cfg, "train", batch_size=cfg.batch_size, mode=cfg.mode, shuffle=True,
+                  seed=cfg.seed if seed is None else seed, epoch=epoch, rank=rank, world_size=world_size,
+                  epoch_size=cfg.epoch_size, crop_padding=aug.crop_padding, hflip=aug.hflip,
+                  resize=image_size if image_size is not None else aug.resize)
+
+
+def eval_loader(cfg, split: str = "test", *, rank: int = 0, world_size: int = 1,
+                batch_size: Optional[int] = None, image_size: Optional[int] = None) -> ShardLoader:
+    """Exact mode, no shuffle, no random augmentation, deterministic order: the
+    shards of `split` in manifest order, rank r reading shards r, r+world_size, ...
+    Images are resized to `image_size` (default `cfg.augment.resize`) if set."""
+    if split not in ("train", "val", "test"):
+        raise DataError(f"unknown split '{split}': expected train, val or test")
+    return _build(cfg, split, batch_size=batch_size or cfg.eval_batch_size, mode="exact", shuffle=False,
+                  seed=0, epoch=0, rank=rank, world_size=world_size,
+                  resize=image_size if image_size is not None else cfg.augment.resize)
+
+
+def dataset_info(cfg) -> Dict[str, Any]:
+    """num_classes, image_shape (C, H, W), class_names and per-split sample counts, from the manifest."""
+    manifest = _manifest_or_none(cfg)
+    if manifest is None or "image_shape" not in manifest:
+        raise DataError(f"data.source=shards: dataset_info needs a {MANIFEST} in data.root={cfg.root}")
+    return {
+        "name": manifest.get("name"),
+        "num_classes": int(manifest["num_classes"]),
+        "class_names": list(manifest.get("class_names", [])),
+        "image_shape": tuple(manifest["image_shape"]),
+        "num_samples": {s: int(v["num_samples"]) for s, v in manifest["splits"].items()},
+        "num_shards": {s: len(v["shards"]) for s, v in manifest["splits"].items()},
+        **{f"num_{s}": int(v["num_samples"]) for s, v in manifest["splits"].items()},
+    }
