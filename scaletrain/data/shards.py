@@ -68,6 +68,10 @@ def split_indices(n: int, seed: int, test_fraction: float, val_fraction: float) 
     return {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
 
 
+def _pad(n: int, block: int) -> int:
+    return -(-n // block) * block
+
+
 def _sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
@@ -102,17 +106,21 @@ def write_split(src: Source, idx: np.ndarray, split: str, out: Path, *, shard_sa
     for i in idx:
         img = encode_image(src.images[i], encoding)
         lab = int(src.labels[i])
-        rec = len(img) + 1024 + 512 * 2  # payload + tar headers (512 B each, rounded up)
+        cls = str(lab).encode()
+        # exact tar size: each member is a 512-byte header + data padded to 512;
+        # the archive ends with two zero blocks and is padded to tarfile's
+        # 10240-byte record (Python tarfile docs: RECORDSIZE = 20 * BLOCKSIZE)
+        rec = 1024 + _pad(len(img), 512) + _pad(len(cls), 512)
         if writer is not None and (cur_n >= shard_samples or
-                                   (shard_bytes and cur_bytes + rec > shard_bytes)):
+                                   (shard_bytes and _pad(cur_bytes + rec + 1024, 10240) > shard_bytes)):
             close()
         if writer is None:
             cur = f"{split}-{len(shards):06d}.tar"
             # mtime=0 (an int: a float mtime makes tarfile add a 512-byte PAX
             # header per member): byte-identical shards for identical inputs
             writer = wds.TarWriter(str(out / cur), mtime=0, encoder=False)
-            cur_n, cur_bytes, cur_hist = 0, 1024, np.zeros(num_classes, np.int64)
-        writer.write({"__key__": f"{int(i):09d}", f"img.{encoding}": img, "cls": str(lab).encode()})
+            cur_n, cur_bytes, cur_hist = 0, 0, np.zeros(num_classes, np.int64)
+        writer.write({"__key__": f"{int(i):09d}", f"img.{encoding}": img, "cls": cls})
         cur_n += 1
         cur_bytes += rec
         cur_hist[lab] += 1
@@ -231,6 +239,9 @@ def _build(cfg, root: Path, *, shard_bytes, name, overwrite, progress) -> Dict[s
     src = load_source(cfg.source, getattr(cfg, "path", None))
     root.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{root.name}.tmp-", dir=root.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes it 0700; the published folder is a normal one
     try:
         manifest = write_shards(src, tmp, settings, name=name or root.name, progress=progress)
         if not _atomic_publish(tmp, root, overwrite):
