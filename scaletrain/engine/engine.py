@@ -1,0 +1,304 @@
+"""The training engine: DeepSpeed (ZeRO 0-3, bf16/fp16, accumulation, clipping) or plain PyTorch.
+
+`build_engine(cfg, model, dist)` returns an `Engine` whose surface is the same
+for both backends, so the trainer never branches on the backend:
+
+    logits = engine.forward(x)            # the training forward (through DeepSpeed's hooks)
+    engine.backward(loss)                 # scaled by 1/grad_accum, reduced across ranks at boundaries
+    engine.step()                         # lr from the schedule, optimizer step, zero grad (at boundaries)
+    engine.module                         # the unwrapped nn.Module: attacks run on it (GUIDE pitfall)
+
+DeepSpeed references: config keys https://www.deepspeed.ai/docs/config-json/ ,
+`deepspeed.initialize` https://deepspeed.readthedocs.io/en/latest/initialize.html ,
+checkpoints https://deepspeed.readthedocs.io/en/latest/model-checkpointing.html .
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import os
+from typing import Any, Callable, Dict, Optional
+
+import torch
+import torch.distributed as tdist
+from omegaconf import DictConfig, OmegaConf
+
+from ..errors import ConfigError
+from .dist import DistInfo, ensure_ds_accelerator
+from .optim import LRSchedule, Segment, create_optimizer
+
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _plain(d) -> Dict[str, Any]:
+    if isinstance(d, DictConfig):
+        return OmegaConf.to_container(d, resolve=True)
+    return copy.deepcopy(dict(d or {}))
+
+
+def _deep_merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def grad_accum_steps(cfg, world_size: int) -> int:
+    """Micro-batches per optimizer step on each rank.
+
+    With `engine.global_batch_size` set, accumulation is derived from it so the
+    same config gives the same global batch at any world size.
+    """
+    e, bs = cfg.engine, cfg.data.batch_size
+    if e.global_batch_size is None:
+        return int(e.grad_accum)
+    per_step = bs * world_size
+    if e.global_batch_size % per_step:
+        raise ConfigError(f"key 'engine.global_batch_size': {e.global_batch_size} is not a multiple of "
+                          f"data.batch_size x workers = {bs} x {world_size}")
+    ga = e.global_batch_size // per_step
+    if e.grad_accum not in (1, ga):
+        raise ConfigError(f"keys 'engine.grad_accum'={e.grad_accum} and 'engine.global_batch_size'="
+                          f"{e.global_batch_size} disagree (accumulation would be {ga}); set only one")
+    return ga
+
+
+def deepspeed_config(cfg, world_size: int) -> Dict[str, Any]:
+    """The DeepSpeed config generated from the `engine`/`data` sections, then `engine.deepspeed` merged in."""
+    e, bs = cfg.engine, cfg.data.batch_size
+    ga = grad_accum_steps(cfg, world_size)
+    ds = {
+        "train_micro_batch_size_per_gpu": int(bs),
+        "gradient_accumulation_steps": ga,
+        "train_batch_size": int(bs) * ga * world_size,
+        "gradient_clipping": float(e.grad_clip),
+        "zero_allow_untested_optimizer": True,  # our client optimizers (Langevin, ...) are "untested"
+        "zero_optimization": {
+            "stage": int(e.zero_stage),
+            # GUIDE pitfall (DeepSpeed PR #8381): on CPU the gradient all-reduce can be skipped
+            # unless both are on; tests/engine check the reduction really happens.
+            "contiguous_gradients": True,
+            "reduce_scatter": True,
+            "overlap_comm": False,
+        },
+        "bf16": {"enabled": e.precision == "bf16"},
+        "fp16": {"enabled": e.precision == "fp16", "initial_scale_power": 16},
+        "steps_per_print": 10 ** 9,
+        "wall_clock_breakdown": False,
+    }
+    return _deep_merge(ds, _plain(e.deepspeed))
+
+
+class Engine:
+    """Backend-independent training engine (see module docstring)."""
+
+    def __init__(self, cfg, module: torch.nn.Module, optimizer: torch.optim.Optimizer, dist: DistInfo,
+                 grad_accum: int, ds_engine=None):
+        self.cfg, self._module, self.optimizer, self.dist = cfg, module, optimizer, dist
+        self.grad_accum = grad_accum
+        self.ds = ds_engine
+        self.backend = "deepspeed" if ds_engine is not None else "torch"
+        self.precision = cfg.engine.precision
+        self.grad_clip = float(cfg.engine.grad_clip)
+        self.global_step = 0          # optimizer steps taken
+        self.micro_step = 0           # micro-batches stepped
+        self.last_was_boundary = True
+        self._lr = float(cfg.optim.lr)
+        self.schedule: Optional[LRSchedule] = None
+        self._scaler = None
+        if ds_engine is None and self.precision == "fp16":
+            self._scaler = torch.amp.GradScaler("cuda")
+
+    # ---- identity -------------------------------------------------------------
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.ds.module if self.ds is not None else self._module
+
+    @property
+    def device(self) -> torch.device:
+        return self.dist.device
+
+    @property
+    def rank(self) -> int:
+        return self.dist.rank
+
+    @property
+    def world_size(self) -> int:
+        return self.dist.world_size
+
+    @property
+    def lr(self) -> float:
+        return self._lr
+
+    @property
+    def zero_stage(self) -> int:
+        return int(self.cfg.engine.zero_stage) if self.ds is not None else 0
+
+    def train(self):
+        (self.ds or self._module).train()
+        return self
+
+    def eval(self):
+        (self.ds or self._module).eval()
+        return self
+
+    def autocast(self):
+        """bf16/fp16 autocast (GPU, or bf16 on CPU); a no-op in fp32."""
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=_DTYPES[self.precision])
+
+    # ---- schedule -------------------------------------------------------------
+    def set_schedule(self, schedule: LRSchedule) -> None:
+        self.schedule = schedule
+        self._apply_lr()
+
+    def _apply_lr(self) -> None:
+        if self.schedule is not None:
+            self._lr = float(self.schedule(self.global_step))
+        for g in self.optimizer.param_groups:
+            g["lr"] = self._lr
+
+    # ---- the step -------------------------------------------------------------
+    def forward(self, x):
+        return self.ds(x) if self.ds is not None else self._module(x)
+
+    __call__ = forward
+
+    def is_accumulation_boundary(self) -> bool:
+        """Whether the *next* `step()` will update the weights."""
+        return (self.micro_step + 1) % self.grad_accum == 0
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.ds is not None:
+            self.ds.backward(loss)  # DeepSpeed scales by 1/gradient_accumulation_steps itself
+            return
+        loss = loss / self.grad_accum
+        (self._scaler.scale(loss) if self._scaler is not None else loss).backward()
+
+    def step(self) -> bool:
+        """Optimizer + schedule + zero grad at accumulation boundaries. Returns True if weights moved."""
+        boundary = self.is_accumulation_boundary()
+        if boundary:
+            self._apply_lr()
+        if self.ds is not None:
+            self.ds.step()  # steps/zeroes only at its own boundary (same counter as ours)
+        elif boundary:
+            self._torch_step()
+        self.micro_step += 1
+        self.last_was_boundary = boundary
+        if boundary:
+            self.global_step += 1
+        return boundary
+
+    def _torch_step(self) -> None:
+        params = [p for p in self._module.parameters() if p.grad is not None]
+        if self._scaler is not None:
+            self._scaler.unscale_(self.optimizer)
+        if self.world_size > 1:  # explicit data-parallel mean: the reference for DeepSpeed
+            for p in params:
+                tdist.all_reduce(p.grad)
+                p.grad.div_(self.world_size)
+        if self.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(params, self.grad_clip)
+        if self._scaler is not None:
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- state ----------------------------------------------------------------
+    def consolidated_state_dict(self) -> Dict[str, torch.Tensor]:
+        """Full fp32 `state_dict` of the module from any ZeRO stage (fp32 master weights when
+        they exist). Collective under ZeRO: every rank must call it; all ranks get it."""
+        module = self.module
+        params = dict(module.named_parameters(remove_duplicate=False))
+        full_of: Callable = lambda p: None  # noqa: E731
+        if self.ds is not None:
+            from deepspeed.utils import safe_get_full_fp32_param
+            full_of = safe_get_full_fp32_param
+        out: Dict[str, torch.Tensor] = {}
+        cache: Dict[int, torch.Tensor] = {}
+        for name, p in params.items():
+            if id(p) not in cache:
+                full = full_of(p)
+                if full is None:
+                    full = p.detach()
+                cache[id(p)] = full.detach().float().cpu().clone()
+        sd = module.state_dict()
+        for k, v in sd.items():
+            if k in params:
+                out[k] = cache[id(params[k])].reshape(params[k].ds_shape if hasattr(params[k], "ds_shape")
+                                                      else v.shape)
+            else:
+                out[k] = v.detach().cpu().clone()
+        return out
+
+    def save_state(self, path: str) -> None:
+        """Write model + optimizer state into folder `path` (every rank calls; shared filesystem)."""
+        if self.ds is not None:
+            # DeepSpeed writes one file per rank/partition; rank 0 the module states.
+            self.ds.save_checkpoint(path, tag="engine", client_state={}, save_latest=False)
+            return
+        if self.rank == 0:
+            os.makedirs(path, exist_ok=True)
+            state = {"model": self._module.state_dict(), "optimizer": self.optimizer.state_dict()}
+            if self._scaler is not None:
+                state["scaler"] = self._scaler.state_dict()
+            torch.save(state, os.path.join(path, "engine.pt"))
+
+    def load_state(self, path: str) -> None:
+        """Restore from `save_state`'s folder. Never unpickles arbitrary objects (weights_only)."""
+        if self.ds is not None:
+            from .safe_load import install_safe_checkpoint_engine
+            install_safe_checkpoint_engine(self.ds)
+            load_path, _ = self.ds.load_checkpoint(path, tag="engine", load_optimizer_states=True,
+                                                   load_lr_scheduler_states=False)
+            if load_path is None:
+                raise RuntimeError(f"DeepSpeed could not load the checkpoint in {path}")
+            return
+        state = torch.load(os.path.join(path, "engine.pt"), map_location=self.device, weights_only=True)
+        self._module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self._scaler is not None and "scaler" in state:
+            self._scaler.load_state_dict(state["scaler"])
+
+    def set_counters(self, global_step: int, micro_step: int) -> None:
+        self.global_step, self.micro_step = int(global_step), int(micro_step)
+        if self.ds is not None:
+            self.ds.global_steps = int(global_step)
+            self.ds.micro_steps = int(micro_step)
+        self._apply_lr()
+
+
+def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
+                 optimizer_factory: Optional[Callable] = None) -> Engine:
+    """Build the engine named by `cfg.engine.backend` around `model`.
+
+    `optimizer_factory(params) -> Optimizer` overrides the registry lookup of `cfg.optim.name`.
+    """
+    backend = cfg.engine.backend
+    ga = grad_accum_steps(cfg, dist.world_size)
+    if cfg.engine.precision == "fp16" and dist.device.type != "cuda":
+        raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    model = model.to(dist.device)
+    make_opt = optimizer_factory or (lambda params: create_optimizer(cfg.optim, params))
+    if backend == "torch":
+        if dist.world_size > 1:  # same initial weights on every rank (DeepSpeed does this too)
+            for t in list(model.parameters()) + list(model.buffers()):
+                tdist.broadcast(t.data, src=0)
+        opt = make_opt(model.parameters())
+        eng = Engine(cfg, model, opt, dist, ga)
+        eng._apply_lr()
+        return eng
+    if backend != "deepspeed":
+        raise ConfigError(f"key 'engine.backend': unknown backend '{backend}'")
+    ensure_ds_accelerator(cfg.engine.device)
+    import deepspeed  # after DS_ACCELERATOR is set
+    opt = make_opt(model.parameters())
+    ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, dist.world_size),
+                                              dist_init_required=False)
+    eng = Engine(cfg, model, opt, dist, ga, ds_engine=ds_engine)
+    eng._apply_lr()
+    return eng

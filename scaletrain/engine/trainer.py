@@ -1,0 +1,335 @@
+"""The training loop: stages -> epochs -> steps, with checkpoints, resume and rollback.
+
+    for stage in stages:                         # cfg.stages, or one implicit stage
+        for epoch in stage:
+            for x, y in data.train_loader(epoch, stage):
+                loss, logits, info = method.loss(engine.forward, x, y, ctx)   # ctx.attack_model = engine.module
+                engine.backward(loss); engine.step()
+                log every train.log_every steps; checkpoint every train.ckpt_every steps
+        checkpoint at the stage end
+
+Method extension points (all optional attributes of the method object):
+  `replays` (int)            train on each batch this many times (Free-AT)
+  `after_backward(ctx)`      runs after the backward, before the step: input gradients of the
+                             same backward are available (Free-AT perturbation update)
+  `after_step(ctx)`          runs after the optimizer step: non-gradient updates (Hebbian phases)
+  `ctx.request_rollback()`   reload the newest checkpoint and continue from it (e.g. a
+                             catastrophic-overfitting guard)
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+from omegaconf import OmegaConf
+
+from . import dist as D
+from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
+from .hooks import active_hooks, call
+from .optim import LRSchedule, Segment
+
+
+@dataclass
+class Stage:
+    index: int
+    name: str
+    epochs: int
+    lr: float
+    image_size: Optional[int] = None
+    method: Any = None               # a MethodConfig, or None = the run's method
+
+
+def plan_stages(cfg) -> List[Stage]:
+    """`cfg.stages`, unset fields inherited from the run; else one stage from `train.epochs`."""
+    if not cfg.stages:
+        return [Stage(0, "main", int(cfg.train.epochs), float(cfg.optim.lr))]
+    return [Stage(i, s.name or f"stage{i}", int(s.epochs if s.epochs is not None else cfg.train.epochs),
+                  float(s.lr if s.lr is not None else cfg.optim.lr), s.image_size, s.method)
+            for i, s in enumerate(cfg.stages)]
+
+
+@dataclass
+class StepContext:
+    """What a method sees besides the batch."""
+    attack_model: torch.nn.Module
+    engine: Any
+    stage: int = 0
+    epoch: int = 0
+    step: int = 0
+    state: Dict[str, Any] = field(default_factory=dict)   # a method's own scratch space
+    rollback_reason: Optional[str] = None
+
+    @property
+    def device(self):
+        return self.engine.device
+
+    def request_rollback(self, reason: str = "requested") -> None:
+        self.rollback_reason = reason
+
+
+class _Rollback(Exception):
+    pass
+
+
+@dataclass
+class Position:
+    stage: int = 0
+    epoch: int = 0        # within the stage
+    batch: int = 0        # micro-batches consumed in the epoch
+
+
+class Trainer:
+    def __init__(self, cfg, engine, method, data, tracker=None, run_dir: Optional[str] = None,
+                 hooks=None, method_factory: Optional[Callable] = None, eval_fn: Optional[Callable] = None):
+        self.cfg, self.engine, self.method, self.data, self.tracker = cfg, engine, method, data, tracker
+        self.run_dir = run_dir or os.path.join(cfg.out_dir, cfg.name)
+        self.hooks = list(hooks) if hooks is not None else active_hooks()
+        self.method_factory, self.eval_fn = method_factory, eval_fn
+        self.stages = plan_stages(cfg)
+        self.ckpt = CheckpointManager(os.path.join(self.run_dir, "checkpoints"), cfg.train.keep_last)
+        self.pos = Position()
+        self.best: Dict[str, float] = {}
+        self.last_metrics: Dict[str, float] = {}
+        self.last_checkpoint: Optional[str] = None
+        self.resumed_from: Optional[str] = None
+        self.rollbacks = 0
+        self._methods: Dict[int, Any] = {}
+        self._pending_rng: Optional[dict] = None
+        self._loader_state = None
+        self._meter = self._new_meter()
+        self.is_rank0 = engine.rank == 0
+        if self.is_rank0:
+            os.makedirs(self.run_dir, exist_ok=True)
+
+    # ---- the loop ---------------------------------------------------------------------------
+    def fit(self) -> Dict[str, Any]:
+        t0 = time.time()
+        self._set_schedule()
+        path = resolve_resume(self.cfg.resume, self.run_dir)
+        if path:
+            self.restore(path)
+        while True:
+            try:
+                self._run()
+                break
+            except _Rollback as r:
+                self.rollbacks += 1
+                latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
+                if latest is None:
+                    raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
+                self.restore(latest)
+        result = self._finish(time.time() - t0)
+        call(self.hooks, "on_fit_end", self, result)
+        return result
+
+    def _run(self) -> None:
+        eng, cfg = self.engine, self.cfg
+        for si in range(self.pos.stage, len(self.stages)):
+            stage, method = self.stages[si], self._method(si)
+            for ep in range(self.pos.epoch, stage.epochs):
+                loader = self.data.train_loader(self._data_epoch(si, ep), si)
+                batches = self._resume_iterator(loader)
+                eng.train()
+                for x, y in self._progress(batches, si, ep, loader):
+                    self._train_step(method, x, y, si, ep)
+                    self.pos.batch += 1
+                    if cfg.train.ckpt_every and eng.last_was_boundary and \
+                            eng.global_step % cfg.train.ckpt_every == 0:
+                        self.save_checkpoint(loader)
+                self.pos = Position(si, ep + 1, 0)
+                self._end_epoch(si, ep)
+            self.pos = Position(si + 1, 0, 0)
+            self.save_checkpoint(None)
+
+    def _train_step(self, method, x, y, si: int, ep: int) -> None:
+        eng = self.engine
+        x, y = x.to(eng.device, non_blocking=True), y.to(eng.device, non_blocking=True)
+        ctx = self._ctx(si, ep)
+        for _ in range(int(getattr(method, "replays", 1))):
+            with eng.autocast():
+                loss, logits, info = method.loss(eng.forward, x, y, ctx)
+            eng.backward(loss)
+            if hasattr(method, "after_backward"):
+                method.after_backward(ctx)
+            moved = eng.step()  # at a boundary: sets the scheduled lr, then steps
+            if hasattr(method, "after_step"):
+                method.after_step(ctx)
+            self._accumulate(loss, logits, y, info)
+            if moved and self.cfg.train.log_every and eng.global_step % self.cfg.train.log_every == 0:
+                self._log(si, ep, eng.lr)
+        if ctx.rollback_reason:
+            reason, ctx.rollback_reason = ctx.rollback_reason, None
+            raise _Rollback(reason)
+
+    # ---- metrics ----------------------------------------------------------------------------
+    @staticmethod
+    def _new_meter():
+        return {"loss": 0.0, "correct": 0.0, "n": 0.0, "info": {}, "t": time.time()}
+
+    def _accumulate(self, loss, logits, y, info) -> None:
+        m, n = self._meter, float(y.shape[0])
+        m["loss"] += float(loss.detach()) * n
+        m["n"] += n
+        if logits is not None and logits.dim() == 2 and logits.shape[0] == y.shape[0] and y.dim() == 1:
+            m["correct"] += float((logits.detach().argmax(1) == y).sum())
+        for k, v in (info or {}).items():
+            if isinstance(v, (int, float)) or (torch.is_tensor(v) and v.numel() == 1):
+                m["info"][k] = m["info"].get(k, 0.0) + float(v) * n
+
+    def _log(self, si: int, ep: int, lr: float) -> None:
+        m = self._meter
+        keys = sorted(m["info"])
+        sums = D.all_reduce_sum([m["loss"], m["correct"], m["n"]] + [m["info"][k] for k in keys])
+        n = max(sums[2], 1.0)
+        dt = max(time.time() - m["t"], 1e-9)
+        row = {"step": self.engine.global_step, "stage": si, "epoch": ep, "loss": sums[0] / n,
+               "acc": sums[1] / n, "lr": lr, "samples_per_s": sums[2] / dt}
+        row.update({k: v / n for k, v in zip(keys, sums[3:])})
+        self.last_metrics = row
+        self._meter = self._new_meter()
+        if self.is_rank0:
+            with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:
+                f.write(json.dumps(row) + "\n")
+            if self.tracker is not None:
+                self.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+            if self._bar is not None:
+                self._bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.3f}", lr=f"{lr:.2e}")
+        call(self.hooks, "on_log", self, row, row["step"])
+
+    def _end_epoch(self, si: int, ep: int) -> None:
+        metrics = dict(self.last_metrics)
+        if self.eval_fn is not None and self.cfg.train.eval_every_epochs and \
+                (ep + 1) % self.cfg.train.eval_every_epochs == 0:
+            was_training = self.engine.module.training
+            self.engine.eval()
+            with torch.no_grad():
+                ev = self.eval_fn(self.engine.module)
+            if was_training:
+                self.engine.train()
+            metrics.update({f"val_{k}" if not k.startswith("val_") else k: float(v) for k, v in ev.items()})
+            for k, v in metrics.items():
+                if k.startswith("val_"):
+                    better = min if "loss" in k else max
+                    self.best[k] = better(self.best.get(k, v), v)
+            if self.is_rank0 and self.tracker is not None:
+                self.tracker.log({f"eval/{k[4:]}": v for k, v in metrics.items() if k.startswith("val_")},
+                                 step=self.engine.global_step)
+        metrics.update(stage=si, epoch=ep, step=self.engine.global_step)
+        call(self.hooks, "on_epoch_end", self, metrics)
+
+    # ---- checkpoints ------------------------------------------------------------------------
+    def save_checkpoint(self, loader=None) -> str:
+        rank_state = {"rng": rng_state(), "loader": None}
+        if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
+            rank_state["loader"] = loader.state_dict()
+        meta = {"step": self.engine.global_step, "micro_step": self.engine.micro_step,
+                "stage": self.pos.stage, "epoch": self.pos.epoch, "batch": self.pos.batch,
+                "best": self.best, "last_metrics": self.last_metrics, "rollbacks": self.rollbacks,
+                "stages": len(self.stages)}
+        path = self.ckpt.save(self.engine, meta, rank_state, OmegaConf.to_yaml(self.cfg))
+        self.last_checkpoint = path
+        call(self.hooks, "on_checkpoint", self, path, dict(self.last_metrics, step=self.engine.global_step))
+        return path
+
+    def restore(self, path: str) -> None:
+        meta, rank_state = self.ckpt.load(self.engine, path)
+        self.engine.set_counters(meta["step"], meta["micro_step"])
+        self.pos = Position(meta["stage"], meta["epoch"], meta["batch"])
+        self.best = dict(meta.get("best", {}))
+        self.last_metrics = dict(meta.get("last_metrics", {}))
+        self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
+        self.last_checkpoint = self.resumed_from = path
+        self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
+        self._meter = self._new_meter()
+        set_rng_state(self._pending_rng)
+
+    def _resume_iterator(self, loader):
+        """Iterate `loader` from the saved position (its `load_state_dict`, else by skipping)."""
+        skip = self.pos.batch
+        if skip and self._loader_state is not None and hasattr(loader, "load_state_dict"):
+            loader.load_state_dict(self._loader_state)
+            skip = 0
+        it = iter(loader)
+        for _ in range(skip):
+            next(it)
+        if self._pending_rng is not None and self.pos.batch:
+            # mid-epoch: the uninterrupted run had built the loader and drawn these batches
+            # before the checkpoint, so its RNG state applies from here on
+            set_rng_state(self._pending_rng)
+        self._pending_rng, self._loader_state = None, None
+        return it
+
+    # ---- helpers ----------------------------------------------------------------------------
+    _bar = None
+
+    def _progress(self, batches, si: int, ep: int, loader):
+        if not (self.is_rank0 and self.cfg.train.progress):
+            self._bar = None
+            return batches
+        from tqdm.auto import tqdm
+        total = len(loader) if hasattr(loader, "__len__") else None
+        self._bar = tqdm(batches, total=total, initial=self.pos.batch, leave=False, dynamic_ncols=True,
+                         desc=f"stage {si} ({self.stages[si].name}) epoch {ep + 1}/{self.stages[si].epochs}")
+        return self._bar
+
+    def _ctx(self, si: int, ep: int) -> StepContext:
+        if getattr(self, "_ctx_obj", None) is None:
+            self._ctx_obj = StepContext(attack_model=self.engine.module, engine=self.engine)
+        c = self._ctx_obj
+        c.stage, c.epoch, c.step = si, ep, self.engine.global_step
+        return c
+
+    def _method(self, si: int):
+        spec = self.stages[si].method
+        if spec is None:
+            return self.method
+        if si not in self._methods:
+            factory = self.method_factory
+            if factory is None:
+                from ..methods import create_method as factory
+            self._methods[si] = factory(spec)
+        return self._methods[si]
+
+    def _data_epoch(self, si: int, ep: int) -> int:
+        """Epoch number handed to the loader: counts across stages (distinct shuffles)."""
+        return sum(s.epochs for s in self.stages[:si]) + ep
+
+    def steps_per_epoch(self, si: int) -> Optional[int]:
+        fn = getattr(self.data, "steps_per_epoch", None)
+        if fn is not None:
+            return int(fn(si))
+        loader = self.data.train_loader(self._data_epoch(si, 0), si)
+        return len(loader) if hasattr(loader, "__len__") else None
+
+    def _set_schedule(self) -> None:
+        o, ga = self.cfg.optim, self.engine.grad_accum
+        segments = []
+        for s in self.stages:
+            n = self.steps_per_epoch(s.index)
+            if n is None:  # unknown length: the schedule cannot be laid out; keep the peak lr
+                segments = None
+                break
+            segments.append(Segment(steps=max(-(-n * s.epochs // ga), 1), lr=s.lr))
+        kind = o.schedule if segments is not None else "constant"
+        if segments is None:
+            segments = [Segment(steps=1, lr=s.lr) for s in self.stages]
+        kw = {k: v for k, v in dict(o.kwargs).items() if k in ("pct_start", "div_factor", "final_div_factor",
+                                                                 "min_lr")}
+        self.engine.set_schedule(LRSchedule(kind, segments, o.warmup_steps, **kw))
+
+    def _finish(self, elapsed: float) -> Dict[str, Any]:
+        sd = self.engine.consolidated_state_dict()  # collective under ZeRO
+        model_path = os.path.join(self.run_dir, "model.pt")
+        if self.is_rank0:
+            tmp = model_path + ".tmp"
+            torch.save(sd, tmp)
+            os.replace(tmp, model_path)
+        D.barrier()
+        return {"global_step": self.engine.global_step, "stages": len(self.stages),
+                "train": dict(self.last_metrics), "best": dict(self.best), "model_path": model_path,
+                "checkpoint": self.last_checkpoint, "resumed_from": self.resumed_from,
+                "rollbacks": self.rollbacks, "time_s": elapsed, "world_size": self.engine.world_size}

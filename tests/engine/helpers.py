@@ -1,0 +1,125 @@
+"""Small fakes for engine tests: digits in memory, a resumable loader, CE and PGD-AT methods.
+
+Independent of scaletrain.data / attacks / methods on purpose (engine tests must not
+depend on other packages' progress).
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from scaletrain.config import load_config  # noqa: E402
+
+
+def digits_tensors(n: int = 256):
+    from sklearn.datasets import load_digits
+    d = load_digits()
+    x = torch.tensor(d.images[:n] / 16.0, dtype=torch.float32).unsqueeze(1)
+    y = torch.tensor(d.target[:n], dtype=torch.int64)
+    return x, y
+
+
+class ShardedLoader:
+    """Global batches of `global_bs`, shuffled per epoch by its own seed, each rank taking its
+    contiguous slice: rank r of w sees samples [r*B/w, (r+1)*B/w) of every global batch, so
+    1 rank x accumulation and N ranks see the same global batch. Resumable via state_dict."""
+
+    def __init__(self, x, y, global_bs, micro_bs, rank, world, epoch, seed=0):
+        self.x, self.y, self.gbs, self.mbs, self.rank, self.world = x, y, global_bs, micro_bs, rank, world
+        g = torch.Generator().manual_seed(seed * 1000 + epoch)
+        self.order = torch.randperm(len(x), generator=g)
+        self.n_global = len(x) // global_bs
+        per_rank = global_bs // world
+        self.micro = []  # (start, end) indices into order
+        for b in range(self.n_global):
+            base = b * global_bs + rank * per_rank
+            for m in range(per_rank // micro_bs):
+                self.micro.append((base + m * micro_bs, base + (m + 1) * micro_bs))
+        self.pos = 0
+
+    def __len__(self):
+        return len(self.micro)
+
+    def __iter__(self):
+        while self.pos < len(self.micro):
+            s, e = self.micro[self.pos]
+            self.pos += 1
+            idx = self.order[s:e]
+            yield self.x[idx], self.y[idx]
+
+    def state_dict(self):
+        return {"pos": self.pos}
+
+    def load_state_dict(self, sd):
+        self.pos = int(sd["pos"])
+
+
+class Data:
+    def __init__(self, cfg, rank, world, n=256, global_bs=None):
+        self.x, self.y = digits_tensors(n)
+        self.cfg, self.rank, self.world = cfg, rank, world
+        self.gbs = global_bs or cfg.engine.global_batch_size or cfg.data.batch_size * world
+
+    def train_loader(self, epoch, stage):
+        return ShardedLoader(self.x, self.y, self.gbs, self.cfg.data.batch_size, self.rank, self.world, epoch,
+                             self.cfg.data.seed)
+
+
+class CEMethod:
+    def loss(self, model, x, y, ctx):
+        logits = model(x)
+        return F.cross_entropy(logits, y), logits, {}
+
+
+def pgd(model, x, y, eps, alpha, steps, generator=None):
+    was = model.training
+    model.eval()
+    delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x) * eps
+    delta = ((x + delta).clamp(0, 1) - x).detach()
+    for _ in range(steps):
+        delta.requires_grad_(True)
+        loss = F.cross_entropy(model(x + delta), y)
+        (g,) = torch.autograd.grad(loss, delta)
+        delta = (delta + alpha * g.sign()).clamp(-eps, eps)
+        delta = ((x + delta).clamp(0, 1) - x).detach()
+    model.train(was)
+    return (x + delta).detach()
+
+
+class PGDATMethod:
+    """PGD-AT: attack on ctx.attack_model (the unwrapped module), train on the adversarial batch.
+    The random start is keyed by (seed, step, rank) so runs are reproducible."""
+
+    def __init__(self, eps=0.2, steps=3, seed=0):
+        self.eps, self.steps, self.seed = eps, steps, seed
+
+    def loss(self, model, x, y, ctx):
+        g = torch.Generator().manual_seed(self.seed * 100003 + ctx.engine.micro_step * 101 + ctx.engine.rank)
+        x_adv = pgd(ctx.attack_model, x, y, self.eps, 2.5 * self.eps / self.steps, self.steps, generator=g)
+        logits = model(x_adv)
+        return F.cross_entropy(logits, y), logits, {"adv": 1.0}
+
+
+def make_cfg(tmp, *overrides):
+    base = ["data.batch_size=16", "train.epochs=1", "train.log_every=1", "train.progress=false",
+            "optim.name=sgd", "optim.lr=0.05", "optim.schedule=constant", "model.width=8",
+            f"out_dir={tmp}", "name=run", "tracking.wandb=false"]
+    return load_config(None, base + list(overrides))
+
+
+def read_log(run_dir):
+    import json
+    with open(os.path.join(run_dir, "train_log.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def np_seed_all(seed):
+    import random
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
