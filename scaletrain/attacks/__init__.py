@@ -15,25 +15,27 @@ import inspect
 from ..errors import ConfigError
 from ..registry import Registry
 from .base import Attack, ModelMode, dlr_loss, margin, per_sample_loss, project  # noqa: F401
+from .apgd import APGD, APGDCE, APGDDLR, APGDT, apgd  # noqa: F401
+from .deepfool import DeepFool, deepfool  # noqa: F401
 from .gradient import BIM, FGSM, FGSMRS, MIM, PGD, fgsm, pgd  # noqa: F401
 
 ATTACKS = Registry("attack", "method.attack.name")
 register_attack = ATTACKS.register
 
-for _cls in (FGSM, FGSMRS, BIM, PGD, MIM):
+for _cls in (FGSM, FGSMRS, BIM, PGD, MIM, APGD, APGDCE, APGDDLR, APGDT, DeepFool):
     register_attack(_cls.name)(_cls)
 
 # arguments every attack is offered; an attack that has no use for one ignores it
 _COMMON = ("alpha", "steps", "norm", "random_start", "restarts", "loss", "model_mode", "targeted")
 
 
-def create_attack(name: str, *, eps: float, alpha=None, steps: int = 10, norm: str = "linf",
-                  random_start: bool = True, restarts: int = 1, loss: str = "ce", model_mode: str = "eval",
+def create_attack(name: str, *, eps: float, alpha=None, steps=None, norm: str = "linf",
+                  random_start=None, restarts=None, loss: str = "ce", model_mode: str = "eval",
                   targeted: bool = False, **kw) -> Attack:
     """Build the attack registered as ``name``.
 
     The common arguments (alpha, steps, norm, random_start, restarts, loss, model_mode,
-    targeted) are passed to attacks that take them and ignored by those that have no use
+    targeted; ``None`` = the attack's own default) are passed to attacks that take them and ignored by those that have no use
     for them (e.g. ``fgsm`` ignores steps); attack-specific keywords (``schedule``,
     ``decay``, ``overshoot``, ``track_best``...) must be accepted by the attack, else a
     ``ConfigError`` names them.
@@ -44,7 +46,8 @@ def create_attack(name: str, *, eps: float, alpha=None, steps: int = 10, norm: s
     accepted = set(params) if not takes_var_kw else _accepted_names(cls)
     common = dict(alpha=alpha, steps=steps, norm=norm, random_start=random_start, restarts=restarts,
                   loss=loss, model_mode=model_mode, targeted=targeted)
-    args = {k: v for k, v in common.items() if k in accepted}
+    # None = "the attack's own default" (e.g. steps=10 for PGD, 100 for APGD; no random start for BIM/MIM)
+    args = {k: v for k, v in common.items() if k in accepted and v is not None}
     unknown = sorted(k for k in kw if k not in accepted)
     if unknown:
         raise ConfigError(f"key 'method.attack.kwargs': attack '{name}' does not take {', '.join(unknown)}")
@@ -76,4 +79,4 @@ def available():
 
 
 __all__ = ["Attack", "ATTACKS", "register_attack", "create_attack", "attack_from_config", "available",
-           "fgsm", "pgd", "ModelMode", "project", "per_sample_loss", "margin", "dlr_loss"]
+           "fgsm", "pgd", "apgd", "deepfool", "ModelMode", "project", "per_sample_loss", "margin", "dlr_loss"]

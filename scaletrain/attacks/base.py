@@ -181,7 +181,7 @@ class Attack:
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        if x.numel() == 0 or self.eps == 0 and self.name not in ("deepfool",):
+        if x.numel() == 0 or self.eps == 0:
             return x.detach().clone()
         x32 = x.detach().float()
         with ModelMode(model, self.model_mode):
