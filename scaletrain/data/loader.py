@@ -15,6 +15,7 @@ skipped (a warning says so).
 """
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -25,6 +26,8 @@ import torch
 from ..errors import DataError
 from .augment import augment_batch
 from .reader import Stats, collate, read_shard, shuffle_buffer
+
+log = logging.getLogger("scaletrain.data")
 
 
 class _SlotStream(torch.utils.data.IterableDataset):
@@ -196,9 +199,8 @@ class ShardLoader:
             self._consumed[item["worker"]] += 1
             yield item["x"], item["y"], item["keys"]
         if self._skipped["skipped_shards"] or self._skipped["skipped_samples"]:
-            warnings.warn(f"scaletrain.data: {self.split} epoch {self.epoch}: skipped "
-                          f"{self._skipped['skipped_shards']} damaged shard(s), "
-                          f"{self._skipped['skipped_samples']} sample(s) so far (data.on_error=skip)")
+            log.warning("%s epoch %d done: skipped %d damaged shard(s), %d sample(s) so far (data.on_error=skip)",
+                        self.split, self.epoch, self._skipped["skipped_shards"], self._skipped["skipped_samples"])
         self.epoch += 1
         self._consumed = [0] * max(1, self.workers)
 

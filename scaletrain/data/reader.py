@@ -222,6 +222,19 @@ def read_shard(url: str, *, expected: Optional[int], hwc: Optional[Tuple[int, in
     items: List[Tuple[str, np.ndarray, int]] = []
     n = 0
     damaged = None
+    if _is_local(url):
+        # Python's tarfile (and so WebDataset) ends a truncated stream silently
+        # at the damage; a complete tar ends with two zero 512-byte blocks
+        # (POSIX ustar), which a local file lets us check up front.
+        damaged = _tar_end_problem(_local_path(url))
+        if damaged is not None:
+            msg = f"corrupt or truncated shard {url}: {damaged}"
+            if on_error != "skip":
+                raise DataError(msg)
+            warnings.warn(f"{log_prefix}: skipping {msg}", stacklevel=2)
+            stats.skipped_shards += 1
+            stats.skipped_samples += expected or 0
+            return
     try:
         for s in wds.tarfile_samples([{"url": url}]):
             try:
@@ -260,6 +273,17 @@ def read_shard(url: str, *, expected: Optional[int], hwc: Optional[Tuple[int, in
         if _CACHE_BYTES[0] + size <= _cache_budget():
             _CACHE[sig] = items
             _CACHE_BYTES[0] += size
+
+
+def _tar_end_problem(path: str) -> Optional[str]:
+    size = os.path.getsize(path)
+    if size < 1024 or size % 512:
+        return f"size {size} bytes is not a whole number of 512-byte tar blocks (truncated?)"
+    with open(path, "rb") as f:
+        f.seek(size - 1024)
+        if any(f.read(1024)):
+            return "no end-of-archive marker (truncated?)"
+    return None
 
 
 def clear_cache() -> None:
