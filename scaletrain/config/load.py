@@ -4,6 +4,7 @@ Errors name the key path (or the file) and are raised as `ConfigError`.
 """
 from __future__ import annotations
 
+import difflib
 import os
 from typing import Iterable, Optional, Sequence
 
@@ -54,10 +55,27 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(_describe(e, "overrides")) from None
 
 
+def _check_key_exists(cfg: DictConfig, key: str) -> None:
+    """Name the whole override key (not just its first unknown part) and suggest a fix."""
+    node = cfg
+    parts = key.lstrip("+~").split(".")
+    for i, part in enumerate(parts):
+        if not isinstance(node, DictConfig) or OmegaConf.is_missing(node, part) or node._is_none():
+            return  # lists, open dicts and None values: leave it to the merge
+        if part not in node:
+            if OmegaConf.get_type(node) is dict:  # Dict[str, Any] sections accept new keys
+                return
+            close = difflib.get_close_matches(part, [str(k) for k in node.keys()], n=1)
+            hint = f"; did you mean '{'.'.join(parts[:i] + [close[0]])}'?" if close else ""
+            raise ConfigError(f"override: key '{key}': unknown key '{part}'{hint}")
+        node = node._get_node(part)
+        if not isinstance(node, DictConfig):
+            return
+
+
 def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> DictConfig:
     """Return a validated, structured `DictConfig` of `ExperimentConfig`."""
     cfg = OmegaConf.structured(ExperimentConfig)
-    OmegaConf.set_struct(cfg, True)
     if path:
         try:
             cfg = OmegaConf.merge(cfg, _read_yaml(path))
@@ -65,8 +83,11 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
             raise ConfigError(_describe(e, path)) from None
     overrides = list(overrides)
     if overrides:
+        dotlist = _parse_overrides(overrides)
+        for o in overrides:
+            _check_key_exists(cfg, o.split("=", 1)[0])
         try:
-            cfg = OmegaConf.merge(cfg, _parse_overrides(overrides))
+            cfg = OmegaConf.merge(cfg, dotlist)
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, "override")) from None
     try:

@@ -1,0 +1,155 @@
+"""`scaletrain` command line: train / eval / shards / export / launch.
+
+The CLI only parses and calls the library. A `UserError` (bad key, missing
+file, corrupt shard, ...) prints one line and exits with code 2.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from typing import List, Optional, Sequence, Tuple
+
+from .errors import UserError
+
+EPILOG_TRAIN = """\
+examples:
+  scaletrain train                                   # default job: PGD-AT on sklearn digits
+  scaletrain train configs/digits_standard.yaml      # standard training, for comparison
+  scaletrain train train.epochs=5 tracking.wandb=false
+  scaletrain train engine.zero_stage=2 method.attack.eps=0.3
+  scaletrain train engine.launcher=ray engine.workers=2
+
+Overrides are OmegaConf dot-list items (key=value); lists as key=[a,b].
+An unknown key or a wrong type stops with exit code 2 and names the key.
+Outputs go to runs/<name>/ (config.yaml, report.json, report.md, robustness.png,
+model.pt, checkpoints/, wandb/). W&B is offline unless you are logged in
+(`wandb login`); tracking.wandb=false turns it off.
+"""
+
+EPILOG_EVAL = """\
+examples:
+  scaletrain eval runs/default                 # re-evaluate a finished run
+  scaletrain eval runs/default/model.pt eval.eps=[0,0.1,0.2] eval.pgd_steps=50
+  scaletrain eval runs/default eval.attacks=[fgsm,pgd,apgd-ce] eval.noise_sigmas=[0.1,0.2]
+
+Writes report.json, report.md and robustness.png to RUN/eval/ (or --out).
+"""
+
+
+def split_config_and_overrides(args: Sequence[str]) -> Tuple[Optional[str], List[str]]:
+    """The first argument without '=' is the config file; the rest are overrides."""
+    config, overrides = None, []
+    for a in args:
+        if "=" not in a and config is None and not overrides:
+            config = a
+        elif "=" not in a:
+            raise UserError(f"unexpected argument '{a}': overrides look like key=value")
+        else:
+            overrides.append(a)
+    return config, overrides
+
+
+def _cmd_train(ns) -> int:
+    from .config import load_config
+    from .run import train
+    config, overrides = split_config_and_overrides(ns.args)
+    if config is None and os.path.exists(os.path.join("configs", "default.yaml")):
+        config = os.path.join("configs", "default.yaml")
+    cfg = load_config(config, overrides)
+    if ns.print_config:
+        from omegaconf import OmegaConf
+        print(OmegaConf.to_yaml(cfg, resolve=True), end="")
+        return 0
+    train(cfg)
+    return 0
+
+
+def _cmd_eval(ns) -> int:
+    from .run import evaluate_run
+    extra = [a for a in ns.overrides if "=" not in a]
+    if extra:
+        raise UserError(f"unexpected argument '{extra[0]}': overrides look like key=value")
+    evaluate_run(ns.path, ns.overrides, out_dir=ns.out, progress=not ns.no_progress)
+    return 0
+
+
+def _cmd_shards(ns) -> int:
+    from .data.cli import shards_main
+    return shards_main(ns.rest)
+
+
+def _cmd_export(ns) -> int:
+    from .engine.export import export_main
+    return export_main(ns.rest)
+
+
+def _cmd_launch(ns) -> int:
+    from .orchestrate.launch import launch_main
+    return launch_main(ns.rest)
+
+
+_PASSTHROUGH = {"shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="scaletrain",
+        description="Train robust neural networks at scale: adversarial training and robustness "
+                    "evaluation on one CPU or a GPU cluster (DeepSpeed, Ray, WebDataset, W&B).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Run `scaletrain COMMAND --help` for each command's options.")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    t = sub.add_parser("train", help="train (and evaluate) a model from a config",
+                       description="Train a model from a YAML config plus key=value overrides, then run the "
+                                   "robustness evaluation and write the report.",
+                       epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t.add_argument("args", nargs="*", metavar="[CONFIG] [key=value ...]",
+                   help="optional YAML config (default: configs/default.yaml if present, else the built-in "
+                        "defaults), then overrides")
+    t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    t.set_defaults(fn=_cmd_train)
+
+    e = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
+                       description="Reload a run's weights and config and run the robustness suite "
+                                   "(clean, FGSM/PGD/APGD curves, noise, certification as configured).",
+                       epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
+    e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
+    e.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. eval.pgd_steps=50")
+    e.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(fn=_cmd_eval)
+
+    for name, fn, helptext in (
+            ("shards", _cmd_shards, "write WebDataset shards from digits / IDX / npz / image folders"),
+            ("export", _cmd_export, "export a run's weights as a plain fp32 state_dict"),
+            ("launch", _cmd_launch, "submit a run to a Ray cluster (Ray Jobs API)")):
+        s = sub.add_parser(name, help=helptext, add_help=False,
+                           description=f"{helptext} (see `scaletrain {name} --help`)")
+        s.add_argument("rest", nargs=argparse.REMAINDER)
+        s.set_defaults(fn=fn)
+    return p
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if argv and argv[0] in _PASSTHROUGH:
+        # these commands own their argparse (and --help); hand them the rest verbatim
+        ns = argparse.Namespace(command=argv[0], rest=argv[1:], fn=_PASSTHROUGH[argv[0]])
+    else:
+        ns = parser.parse_args(argv)
+    try:
+        return int(ns.fn(ns) or 0)
+    except UserError as e:
+        print(f"scaletrain {ns.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print(f"scaletrain {ns.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

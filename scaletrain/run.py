@@ -1,0 +1,228 @@
+"""Library entry points: `train(cfg) -> report` and `evaluate_run(path) -> report`.
+
+`train` dispatches on `engine.launcher`; every rank then runs `train_worker`,
+the one function that builds data, model, method and engine, trains, saves
+the final weights, evaluates and tracks. Ray Train / Tune call `train_worker`
+(or `train`) directly, so a sweep trial is an ordinary run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Union
+
+from omegaconf import DictConfig
+
+from .config import config_from_dict, load_config, save_config, to_dict
+from .errors import ConfigError, UserError
+
+ConfigLike = Union[DictConfig, Dict[str, Any]]
+
+
+def ensure_accelerator_env() -> None:
+    """DeepSpeed picks its accelerator at import: say 'cpu' when there is no GPU."""
+    if "DS_ACCELERATOR" not in os.environ:
+        import torch
+        if not torch.cuda.is_available():
+            os.environ["DS_ACCELERATOR"] = "cpu"
+
+
+def _as_config(cfg: ConfigLike) -> DictConfig:
+    return cfg if isinstance(cfg, DictConfig) else config_from_dict(cfg)
+
+
+def resolve_run_dir(cfg: DictConfig) -> Path:
+    """runs/<name>; with resume=never an existing non-empty folder gets a suffix
+    (-2, -3, ...) so a previous run's outputs are never overwritten."""
+    base = Path(cfg.out_dir) / cfg.name
+    if cfg.resume != "never" or not base.exists() or not any(base.iterdir()):
+        return base
+    i = 2
+    while (Path(cfg.out_dir) / f"{cfg.name}-{i}").exists():
+        i += 1
+    return Path(cfg.out_dir) / f"{cfg.name}-{i}"
+
+
+def train(cfg: ConfigLike) -> Dict[str, Any]:
+    """Train and evaluate one run as the config says; returns the report."""
+    cfg = _as_config(cfg)
+    launcher = cfg.engine.launcher
+    if launcher == "ray":
+        from .orchestrate.ray_train import run_with_ray
+        return run_with_ray(cfg)
+    if launcher == "local" and cfg.engine.workers > 1 and "WORLD_SIZE" not in os.environ:
+        raise ConfigError("key 'engine.workers': the local launcher runs one process; use "
+                          "engine.launcher=ray, or start ranks with torchrun (see docs/launch.md)")
+    return train_worker(cfg)
+
+
+class _DataSource:
+    """What the trainer asks of the data layer, bound to this rank."""
+
+    def __init__(self, cfg: DictConfig, rank: int, world_size: int):
+        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+
+    def train_loader(self, epoch: int, stage=None):
+        from .data import train_loader
+        image_size = getattr(stage, "image_size", None) if stage is not None else None
+        return train_loader(self.cfg.data, rank=self.rank, world_size=self.world_size, epoch=epoch,
+                            image_size=image_size, seed=self.cfg.data.seed)
+
+
+def _check_model_matches_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
+    c, h, _w = info["image_shape"]
+    if cfg.model.in_channels != c:
+        raise ConfigError(f"key 'model.in_channels': {cfg.model.in_channels}, but the data has {c} channel(s)")
+    if cfg.model.num_classes < info["num_classes"]:
+        raise ConfigError(f"key 'model.num_classes': {cfg.model.num_classes}, but the data has "
+                          f"{info['num_classes']} classes")
+
+
+def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
+                 hooks: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+    """One rank of a training run (local process, torchrun rank or Ray worker)."""
+    ensure_accelerator_env()
+    import torch
+
+    from .data import dataset_info, prepare
+    from .engine import Trainer, build_engine, init_distributed
+    from .methods import create_method
+    from .models import create_model
+    from .track import Tracker
+
+    cfg = _as_config(cfg)
+    dist = init_distributed(cfg)
+    try:
+        run_dir = Path(run_dir) if run_dir is not None else _shared_run_dir(cfg, dist)
+        if dist.rank == 0:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, str(run_dir / "config.yaml"))
+            prepare(cfg.data, progress=cfg.train.progress)
+        _barrier(dist)
+        info = dataset_info(cfg.data)
+        _check_model_matches_data(cfg, info)
+
+        torch.manual_seed(cfg.seed)  # identical initial weights on every rank
+        model = create_model(cfg.model)
+        method = create_method(cfg.method)
+        engine = build_engine(cfg, model, dist)
+        tracker = Tracker(cfg.tracking, str(run_dir), to_dict(cfg), rank=dist.rank, name=run_dir.name)
+        t0 = time.time()
+        trainer = Trainer(cfg, engine, method, _DataSource(cfg, dist.rank, dist.world_size),
+                          tracker=tracker, run_dir=str(run_dir), **(hooks or {}))
+        history = trainer.fit()
+        train_seconds = time.time() - t0
+
+        state = engine.consolidated_state_dict()
+        report: Dict[str, Any] = {}
+        if dist.rank == 0:
+            _atomic_torch_save(state, run_dir / "model.pt")
+            report = evaluate_checkpoint(cfg, state, progress=cfg.train.progress)
+            report["train"] = {"seconds": round(train_seconds, 3), "world_size": dist.world_size,
+                               **{k: v for k, v in (history or {}).items() if _is_scalar(v)}}
+            _finish_report(report, run_dir, tracker, step=engine.global_step)
+        tracker.finish()
+        return report
+    finally:
+        dist.cleanup()
+
+
+def _is_scalar(v) -> bool:
+    return isinstance(v, (int, float, str, bool)) or v is None
+
+
+def _barrier(dist) -> None:
+    from .engine import barrier
+    if dist.world_size > 1:
+        barrier()
+
+
+def _shared_run_dir(cfg: DictConfig, dist) -> Path:
+    """Rank 0 picks the run folder; the others receive its choice."""
+    if dist.world_size == 1:
+        return resolve_run_dir(cfg)
+    import torch.distributed as tdist
+    obj: List[Optional[str]] = [str(resolve_run_dir(cfg)) if dist.rank == 0 else None]
+    tdist.broadcast_object_list(obj, src=0)
+    return Path(obj[0])
+
+
+def _atomic_torch_save(obj, path: Path) -> None:
+    import torch
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def evaluate_checkpoint(cfg: DictConfig, state_dict, *, progress: bool = True,
+                        rank: int = 0, world_size: int = 1, state_file: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate weights on the test split with a fresh model (the same path `scaletrain eval` takes,
+    so both give identical numbers)."""
+    import torch
+
+    from .data import eval_loader
+    from .evaluate import evaluate_model
+    from .models import create_model
+
+    model = create_model(cfg.model)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise UserError(f"checkpoint does not fit model '{cfg.model.name}': missing {list(missing)[:3]}, "
+                        f"unexpected {list(unexpected)[:3]}")
+    model.eval()
+    loader = eval_loader(cfg.data, "test", rank=rank, world_size=world_size, batch_size=cfg.eval.batch_size)
+    with torch.random.fork_rng(devices=[]):
+        return evaluate_model(model, loader, cfg.eval, device="cpu", rank=rank, world_size=world_size,
+                              progress=progress, state_file=state_file)
+
+
+def _finish_report(report: Dict[str, Any], out_dir: Path, tracker, step: Optional[int] = None) -> None:
+    from .evaluate import format_table, write_report
+    write_report(report, str(out_dir))
+    if tracker is not None:
+        tracker.log_report(report, step=step)
+    print(format_table(report), flush=True)
+    print(f"outputs: {out_dir}", flush=True)
+
+
+def load_run(path: Union[str, Path], overrides: Sequence[str] = ()):
+    """(config, state_dict, run_dir) of a run folder or a `model.pt` inside one."""
+    import torch
+    p = Path(path)
+    if not p.exists():
+        raise UserError(f"no such run folder or checkpoint: {p}")
+    ckpt = p / "model.pt" if p.is_dir() else p
+    run_dir = ckpt.parent
+    cfg_file = run_dir / "config.yaml"
+    if not ckpt.exists():
+        raise UserError(f"{p}: no model.pt (is this a finished run folder?)")
+    if not cfg_file.exists():
+        raise UserError(f"{run_dir}: config.yaml not found next to the checkpoint")
+    cfg = load_config(str(cfg_file), overrides)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or not a weights file
+        raise UserError(f"{ckpt}: cannot be read as a weights-only state_dict ({type(e).__name__}: {e})") from None
+    return cfg, state, run_dir
+
+
+def evaluate_run(path: Union[str, Path], overrides: Sequence[str] = (), out_dir: Optional[str] = None,
+                 progress: bool = True) -> Dict[str, Any]:
+    """`scaletrain eval`: reload a run's weights and config, evaluate, write the report."""
+    from .track import Tracker
+    cfg, state, run_dir = load_run(path, overrides)
+    out = Path(out_dir) if out_dir else run_dir / "eval"
+    out.mkdir(parents=True, exist_ok=True)
+    state_file = str(out / "eval_state.json")
+    report = evaluate_checkpoint(cfg, state, progress=progress, state_file=state_file)
+    tracker = Tracker(cfg.tracking, str(out), to_dict(cfg), name=f"{run_dir.name}-eval", job_type="eval")
+    _finish_report(report, out, tracker)
+    tracker.finish()
+    return report
+
+
+def report_from_file(path: Union[str, Path]) -> Dict[str, Any]:
+    with open(path) as f:
+        return json.load(f)

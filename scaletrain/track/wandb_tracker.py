@@ -1,0 +1,181 @@
+"""W&B tracking.
+
+Mode `auto` (default): online if the user is logged in (WANDB_API_KEY set, or
+a netrc entry for the W&B API host written by `wandb login`), otherwise
+offline — no account and no network needed; `wandb sync runs/<name>/wandb/...`
+uploads an offline run later. A WANDB_MODE set in the environment wins.
+`tracking.wandb=false` turns W&B off; local files are always written.
+
+Only rank 0 tracks. Offline runs may not write `wandb-summary.json`, so the
+record of a run is its `run-<id>.wandb` file; `read_offline_history` parses it
+with the SDK's datastore reader (used by the tests).
+"""
+from __future__ import annotations
+
+import glob
+import json
+import netrc
+import os
+import struct
+from typing import Any, Dict, Iterable, List, Optional
+from urllib.parse import urlparse
+
+
+def _logged_in() -> bool:
+    if os.environ.get("WANDB_API_KEY"):
+        return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname or "api.wandb.ai"
+    path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
+    try:
+        return netrc.netrc(path).authenticators(host) is not None
+    except (FileNotFoundError, netrc.NetrcParseError, OSError):
+        return False
+
+
+def resolve_mode(mode: str) -> str:
+    """Return the W&B mode to use: 'online', 'offline' or 'disabled'."""
+    env = os.environ.get("WANDB_MODE")
+    if env in ("online", "offline", "disabled"):
+        return env
+    if mode == "auto":
+        return "online" if _logged_in() else "offline"
+    return mode
+
+
+class Tracker:
+    """Logs metrics and the robustness report to W&B (rank 0 only)."""
+
+    def __init__(self, cfg, run_dir: str, config: Dict[str, Any], rank: int = 0, name: Optional[str] = None,
+                 job_type: str = "train", resume_id: Optional[str] = None):
+        self.run = None
+        self.run_dir = run_dir
+        self.mode = "disabled"
+        if rank != 0 or not cfg.wandb:
+            return
+        self.mode = resolve_mode(cfg.mode)
+        if self.mode == "disabled":
+            return
+        os.environ.setdefault("WANDB_SILENT", "true")
+        import wandb
+        self._wandb = wandb
+        self.run = wandb.init(
+            project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
+            name=name, config=config, dir=run_dir, mode=self.mode, job_type=job_type,
+            id=resume_id, resume="allow" if resume_id else None,
+            settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True),
+        )
+
+    @property
+    def run_id(self) -> Optional[str]:
+        return self.run.id if self.run is not None else None
+
+    def log(self, metrics: Dict[str, Any], step: Optional[int] = None) -> None:
+        if self.run is None:
+            return
+        self.run.log(metrics, step=step)
+
+    def log_report(self, report: Dict[str, Any], step: Optional[int] = None, prefix: str = "eval") -> None:
+        """Robustness results: scalars (history + summary), a table and a curve plot per attack."""
+        if self.run is None:
+            return
+        wandb = self._wandb
+        scalars = flatten_report(report, prefix)
+        payload: Dict[str, Any] = dict(scalars)
+        rows = []
+        for attack, res in report.get("attacks", {}).items():
+            for e, a in zip(res["eps"], res["acc"]):
+                rows.append([attack, float(e), float(a)])
+        if rows:
+            table = wandb.Table(columns=["attack", "eps", "accuracy"], data=rows)
+            payload[f"{prefix}/robustness_table"] = table
+            names = list(report["attacks"])
+            payload[f"{prefix}/robustness_curve"] = wandb.plot.line_series(
+                xs=[report["attacks"][n]["eps"] for n in names],
+                ys=[report["attacks"][n]["acc"] for n in names],
+                keys=names, title="accuracy vs epsilon", xname="epsilon")
+        self.run.log(payload, step=step)
+        for k, v in scalars.items():
+            self.run.summary[k] = v
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+            self.run = None
+
+
+def flatten_report(report: Dict[str, Any], prefix: str = "eval") -> Dict[str, float]:
+    """Scalars of a robustness report as flat W&B keys, e.g. eval/pgd/acc@0.2."""
+    out: Dict[str, float] = {}
+    for key in ("clean_acc", "robustness_score"):
+        if isinstance(report.get(key), (int, float)):
+            out[f"{prefix}/{key}"] = float(report[key])
+    for attack, res in report.get("attacks", {}).items():
+        for e, a in zip(res.get("eps", []), res.get("acc", [])):
+            out[f"{prefix}/{attack}/acc@{float(e):g}"] = float(a)
+        if isinstance(res.get("auc"), (int, float)):
+            out[f"{prefix}/{attack}/auc"] = float(res["auc"])
+    return out
+
+
+def find_offline_runs(run_dir: str) -> List[str]:
+    return sorted(glob.glob(os.path.join(run_dir, "wandb", "offline-run-*", "run-*.wandb")))
+
+
+_BLOCK = 32768          # LevelDB-style log blocks used by W&B's transaction log
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+
+
+def _iter_log_records(path: str) -> Iterable[bytes]:
+    """Records of a `.wandb` file.
+
+    The file is a W&B header (':W&B', magic 0xBEE1, version) followed by a
+    LevelDB-format log: 32 KiB blocks of chunks, each chunk a 7-byte header
+    (crc32 uint32, length uint16, type uint8) then its bytes; a record spans
+    FIRST/MIDDLE/LAST chunks or fits in one FULL chunk (leveldb doc/log_format.md).
+    """
+    with open(path, "rb") as f:
+        buf = f.read()
+    if buf[:4] != b":W&B":
+        raise ValueError(f"{path}: not a W&B run file")
+    pos, pending = 7, b""
+    while pos + 7 <= len(buf):
+        left = _BLOCK - pos % _BLOCK
+        if left < 7:                      # block trailer: zero padding
+            pos += left
+            continue
+        _crc, length, kind = struct.unpack("<IHB", buf[pos:pos + 7])
+        if kind == 0:                     # zero-filled remainder of a block
+            pos += left
+            continue
+        data = buf[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind == _FULL:
+            yield data
+        elif kind == _FIRST:
+            pending = data
+        elif kind == _MIDDLE:
+            pending += data
+        elif kind == _LAST:
+            yield pending + data
+            pending = b""
+
+
+def read_offline_history(wandb_file: str) -> List[Dict[str, Any]]:
+    """Parse a run's `.wandb` file: returns its history rows as dicts."""
+    from wandb.proto import wandb_internal_pb2
+
+    rows: List[Dict[str, Any]] = []
+    for data in _iter_log_records(wandb_file):
+        rec = wandb_internal_pb2.Record()
+        rec.ParseFromString(data)
+        if rec.WhichOneof("record_type") != "history":
+            continue
+        row = {}
+        for item in rec.history.item:
+            key = item.key or "/".join(item.nested_key)
+            try:
+                row[key] = json.loads(item.value_json)
+            except ValueError:
+                row[key] = item.value_json
+        rows.append(row)
+    return rows

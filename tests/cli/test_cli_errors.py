@@ -1,0 +1,39 @@
+import subprocess
+import sys
+
+import pytest
+
+from scaletrain.cli import main, split_config_and_overrides
+from scaletrain.errors import UserError
+
+
+def test_split_config_and_overrides():
+    assert split_config_and_overrides(["c.yaml", "a=1", "b.c=2"]) == ("c.yaml", ["a=1", "b.c=2"])
+    assert split_config_and_overrides(["a=1"]) == (None, ["a=1"])
+    with pytest.raises(UserError):
+        split_config_and_overrides(["a=1", "stray"])
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "nosuch.key=1"], "'nosuch.key'"),
+    (["train", "train.epochs=many"], "'train.epochs'"),
+    (["train", "missing.yaml"], "missing.yaml"),
+    (["train", "model.name=resnet9000", "--print-config"], None),
+])
+def test_cli_user_errors_exit_2(args, needle, capsys):
+    rc = main(args)
+    err = capsys.readouterr().err
+    if needle is None:  # --print-config does not build the model: no error yet
+        assert rc == 0
+        return
+    assert rc == 2
+    assert needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_console_script_help_and_exit_code(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "scaletrain.cli", "train", "--help"], capture_output=True, text=True)
+    assert out.returncode == 0 and "key=value" in out.stdout
+    bad = subprocess.run([sys.executable, "-m", "scaletrain.cli", "train", "optim.lr=fast"],
+                         capture_output=True, text=True, cwd=tmp_path)
+    assert bad.returncode == 2 and "'optim.lr'" in bad.stderr and "Traceback" not in bad.stderr
