@@ -66,6 +66,10 @@ class Segment:
     lr: float
 
 
+def _anneal(start: float, end: float, pct: float) -> float:
+    return end + (start - end) / 2.0 * (math.cos(math.pi * pct) + 1)
+
+
 class LRSchedule:
     """Warmup then constant / cosine / linear / onecycle, restarted at every stage.
 
@@ -99,13 +103,12 @@ class LRSchedule:
         i, s = self.locate(step)
         seg = self.segments[i]
         base, n = seg.lr, max(seg.steps, 1)
-        if self.kind == "onecycle":
-            up = self.warmup if self.warmup > 0 else max(int(self.pct_start * n), 1)
+        if self.kind == "onecycle":  # same phase arithmetic as torch's OneCycleLR
+            up_end = (self.warmup if self.warmup > 0 else self.pct_start * n) - 1
             lo, end = base / self.div, base / (self.div * self.final_div)
-            if s < up:
-                return lo + (base - lo) * 0.5 * (1 - math.cos(math.pi * s / up))
-            t = (s - up) / max(n - up, 1)
-            return end + (base - end) * 0.5 * (1 + math.cos(math.pi * t))
+            if s <= up_end:
+                return _anneal(lo, base, s / up_end if up_end > 0 else 1.0)
+            return _anneal(base, end, (s - up_end) / max(n - 1 - up_end, 1e-12))
         if s < self.warmup:
             return base * (s + 1) / (self.warmup + 1)
         t = (s - self.warmup) / max(n - self.warmup, 1)

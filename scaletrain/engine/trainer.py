@@ -246,7 +246,17 @@ class Trainer:
         self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
         self._meter = self._new_meter()
         set_rng_state(self._pending_rng)
+        self._truncate_log(meta["step"])
 
+    def _truncate_log(self, step: int) -> None:
+        """Drop log rows written after the checkpoint we resume from (they will be redone)."""
+        path = os.path.join(self.run_dir, "train_log.jsonl")
+        if self.is_rank0 and os.path.exists(path):
+            with open(path) as f:
+                rows = [line for line in f if line.strip() and json.loads(line).get("step", 0) <= step]
+            with open(path + ".tmp", "w") as f:
+                f.writelines(rows)
+            os.replace(path + ".tmp", path)
     def _resume_iterator(self, loader):
         """Iterate `loader` from the saved position (its `load_state_dict`, else by skipping)."""
         skip = self.pos.batch

@@ -93,13 +93,20 @@ def pgd(model, x, y, eps, alpha, steps, generator=None):
 
 class PGDATMethod:
     """PGD-AT: attack on ctx.attack_model (the unwrapped module), train on the adversarial batch.
-    The random start is keyed by (seed, step, rank) so runs are reproducible."""
+    The random start is keyed by (seed, global sample block) so 1 rank x accumulation and N ranks
+    draw the same starts for the same samples."""
 
-    def __init__(self, eps=0.2, steps=3, seed=0):
-        self.eps, self.steps, self.seed = eps, steps, seed
+    def __init__(self, eps=0.2, steps=3, seed=0, global_rng=False):
+        self.eps, self.steps, self.seed, self.global_rng = eps, steps, seed, global_rng
 
     def loss(self, model, x, y, ctx):
-        g = torch.Generator().manual_seed(self.seed * 100003 + ctx.engine.micro_step * 101 + ctx.engine.rank)
+        if self.global_rng:  # draws from torch's global RNG: resume must restore it
+            x_adv = pgd(ctx.attack_model, x, y, self.eps, 2.5 * self.eps / self.steps, self.steps)
+            logits = model(x_adv)
+            return F.cross_entropy(logits, y), logits, {"adv": 1.0}
+        e = ctx.engine
+        block = e.global_step * e.world_size * e.grad_accum + e.rank * e.grad_accum + e.micro_step % e.grad_accum
+        g = torch.Generator().manual_seed(self.seed * 1000003 + block)
         x_adv = pgd(ctx.attack_model, x, y, self.eps, 2.5 * self.eps / self.steps, self.steps, generator=g)
         logits = model(x_adv)
         return F.cross_entropy(logits, y), logits, {"adv": 1.0}

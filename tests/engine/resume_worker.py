@@ -1,0 +1,42 @@
+"""A 1-rank training run for the kill-and-resume test.
+
+usage: resume_worker.py RUN_DIR [overrides...]; env KILL_AT=<step>: SIGKILL this process right
+after the checkpoint of that optimizer step is complete (a real, unclean death).
+"""
+import os
+import signal
+import sys
+
+sys.path.insert(0, os.path.dirname(__file__))
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+import torch  # noqa: E402
+
+from engine_helpers import Data, PGDATMethod, make_cfg  # noqa: E402
+from scaletrain.engine import Trainer, build_engine, cleanup, init_distributed  # noqa: E402
+from scaletrain.models import create_model  # noqa: E402
+
+
+class Killer:
+    def __init__(self, step):
+        self.step = step
+
+    def on_checkpoint(self, trainer, path, metrics):
+        if trainer.engine.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+def main():
+    run_dir = sys.argv[1]
+    torch.set_num_threads(1)
+    cfg = make_cfg(os.path.dirname(run_dir), f"name={os.path.basename(run_dir)}", *sys.argv[2:])
+    dist = init_distributed(cfg)
+    torch.manual_seed(cfg.seed)
+    engine = build_engine(cfg, create_model(cfg.model), dist)
+    hooks = [Killer(int(os.environ["KILL_AT"]))] if os.environ.get("KILL_AT") else []
+    Trainer(cfg, engine, PGDATMethod(eps=0.2, steps=2, global_rng=True), Data(cfg, 0, 1, n=128),
+            run_dir=run_dir, hooks=hooks).fit()
+    cleanup()
+
+
+if __name__ == "__main__":
+    main()
