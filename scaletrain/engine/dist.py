@@ -32,6 +32,12 @@ class DistInfo:
     def is_rank0(self) -> bool:
         return self.rank == 0
 
+    def barrier(self) -> None:
+        barrier()
+
+    def cleanup(self) -> None:
+        cleanup()
+
 
 def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
