@@ -61,6 +61,12 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("key 'data.test_fraction'/'data.val_fraction': must be in [0, 1)")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
         raise ConfigError("keys 'data.val_fraction' + 'data.test_fraction' must sum to < 1")
+    for key in ("data.epoch_size", "data.augment.resize"):
+        if _get(cfg, key) is not None and _get(cfg, key) <= 0:
+            raise ConfigError(f"key '{key}': must be > 0 (or null), got {_get(cfg, key)}")
+    for key in ("data.shuffle_buffer", "data.augment.crop_padding"):
+        if _get(cfg, key) < 0:
+            raise ConfigError(f"key '{key}': must be >= 0, got {_get(cfg, key)}")
     if len(cfg.model.mean) != len(cfg.model.std):
         raise ConfigError("keys 'model.mean' and 'model.std' must have the same length")
     if any(s <= 0 for s in cfg.model.std):
