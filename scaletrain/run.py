@@ -62,11 +62,13 @@ class _DataSource:
     """What the trainer asks of the data layer, bound to this rank."""
 
     def __init__(self, cfg: DictConfig, rank: int, world_size: int):
+        from .engine import plan_stages
         self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.stages = plan_stages(cfg)
 
-    def train_loader(self, epoch: int, stage=None):
+    def train_loader(self, epoch: int, stage: int = 0):
         from .data import train_loader
-        image_size = getattr(stage, "image_size", None) if stage is not None else None
+        image_size = self.stages[stage].image_size
         return train_loader(self.cfg.data, rank=self.rank, world_size=self.world_size, epoch=epoch,
                             image_size=image_size, seed=self.cfg.data.seed)
 
@@ -94,6 +96,7 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
 
     cfg = _as_config(cfg)
     dist = init_distributed(cfg)
+    _set_cpu_threads(dist)
     try:
         run_dir = Path(run_dir) if run_dir is not None else _shared_run_dir(cfg, dist)
         if dist.rank == 0:
@@ -115,22 +118,31 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         history = trainer.fit()
         train_seconds = time.time() - t0
 
-        state = engine.consolidated_state_dict()
         report: Dict[str, Any] = {}
         if dist.rank == 0:
-            _atomic_torch_save(state, run_dir / "model.pt")
+            # evaluate what was saved, through the same path as `scaletrain eval`
+            state = torch.load(history["model_path"], map_location="cpu", weights_only=True)
             report = evaluate_checkpoint(cfg, state, progress=cfg.train.progress)
             report["train"] = {"seconds": round(train_seconds, 3), "world_size": dist.world_size,
-                               **{k: v for k, v in (history or {}).items() if _is_scalar(v)}}
+                               "global_step": history.get("global_step"),
+                               "final": history.get("train", {}), "best": history.get("best", {}),
+                               "resumed_from": history.get("resumed_from")}
             _finish_report(report, run_dir, tracker, step=engine.global_step)
         tracker.finish()
         return report
     finally:
-        dist.cleanup()
+        from .engine import cleanup
+        cleanup()
 
 
-def _is_scalar(v) -> bool:
-    return isinstance(v, (int, float, str, bool)) or v is None
+def _set_cpu_threads(dist) -> None:
+    """On CPU, share the cores between the ranks of this machine: oversubscribed
+    OpenMP threads slow small models down many times (measured here)."""
+    import torch
+    if dist.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.world_size > 1 else 1))
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))
 
 
 def _barrier(dist) -> None:
@@ -147,13 +159,6 @@ def _shared_run_dir(cfg: DictConfig, dist) -> Path:
     obj: List[Optional[str]] = [str(resolve_run_dir(cfg)) if dist.rank == 0 else None]
     tdist.broadcast_object_list(obj, src=0)
     return Path(obj[0])
-
-
-def _atomic_torch_save(obj, path: Path) -> None:
-    import torch
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
 
 
 def evaluate_checkpoint(cfg: DictConfig, state_dict, *, progress: bool = True,

@@ -9,14 +9,15 @@ Contract::
     method.loss(model, x, y, ctx) -> MethodOutput(loss, logits, info)
 
 `model` is the training forward (the engine; gradients flow to parameters);
-`ctx.attack_model` is the unwrapped module (attacks take input gradients on
-it, see GUIDE pitfall on DeepSpeed); `ctx.generator` seeds any randomness;
-`ctx.step`, `ctx.epoch`, `ctx.stage` say where the loop is.
+`ctx` is the trainer's StepContext: `ctx.attack_model` is the unwrapped
+module (attacks take input gradients on it, see the GUIDE pitfall on
+DeepSpeed); `ctx.step`, `ctx.epoch`, `ctx.stage` say where the loop is.
+The trainer already runs `loss` under the engine's autocast.
 """
 from __future__ import annotations
 
 from ..registry import Registry
-from .base import Method, MethodContext, MethodOutput
+from .base import Method, MethodOutput
 
 METHODS = Registry("method", "method.name")
 register_method = METHODS.register
@@ -33,4 +34,4 @@ def available():
     return METHODS.names()
 
 
-__all__ = ["Method", "MethodContext", "MethodOutput", "create_method", "register_method", "available"]
+__all__ = ["Method", "MethodOutput", "create_method", "register_method", "available"]

@@ -10,8 +10,6 @@ not updated by attack forwards); the outer loss runs through the engine.
 """
 from __future__ import annotations
 
-import contextlib
-
 import torch.nn.functional as F
 
 from . import register_method
@@ -35,9 +33,8 @@ class PGDAdversarialTraining(Method):
             raise ConfigError(f"key 'method.kwargs': unknown option(s) for pgd_at: {', '.join(kw)}")
 
     def loss(self, model, x, y, ctx):
-        autocast = ctx.autocast() if ctx.autocast is not None else contextlib.nullcontext()
-        with autocast:
-            x_adv = self.attack(ctx.attack_model, x, y, generator=ctx.generator)
+        # random starts draw from the global torch RNG, which the trainer seeds and checkpoints
+        x_adv = self.attack(ctx.attack_model, x, y, generator=getattr(ctx, "generator", None))
         logits = model(x_adv)
         loss = F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing)
         info = {}

@@ -1,28 +1,22 @@
-"""Base types shared by all methods."""
+"""Base types shared by all methods.
+
+`ctx` is the trainer's `scaletrain.engine.trainer.StepContext`: it carries
+`attack_model` (the unwrapped module: attacks take input gradients on it),
+`engine`, `stage`, `epoch`, `step`, a per-method `state` dict and
+`request_rollback()`. Optional method attributes the loop honours:
+`replays`, `after_backward(ctx)`, `after_step(ctx)` (see engine/trainer.py).
+"""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Dict, NamedTuple
 
 import torch
-from torch import nn
 
 
-@dataclass
-class MethodContext:
-    attack_model: nn.Module                      # unwrapped module (engine.module)
-    generator: Optional[torch.Generator] = None  # randomness for attacks / augmentation
-    step: int = 0
-    epoch: int = 0
-    stage: int = 0
-    autocast: Optional[Callable] = None          # engine.autocast, for attack forwards
-
-
-@dataclass
-class MethodOutput:
+class MethodOutput(NamedTuple):
     loss: torch.Tensor
     logits: torch.Tensor                         # logits used for training accuracy
-    info: Dict[str, Any] = field(default_factory=dict)
+    info: Dict[str, Any]                         # extra scalars to log
 
 
 class Method:
@@ -33,5 +27,5 @@ class Method:
     def __init__(self, cfg=None):
         self.cfg = cfg
 
-    def loss(self, model, x: torch.Tensor, y: torch.Tensor, ctx: MethodContext) -> MethodOutput:
+    def loss(self, model, x: torch.Tensor, y: torch.Tensor, ctx) -> MethodOutput:
         raise NotImplementedError(f"{type(self).__name__} must implement loss()")

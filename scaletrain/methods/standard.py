@@ -17,4 +17,4 @@ class Standard(Method):
 
     def loss(self, model, x, y, ctx):
         logits = model(x)
-        return MethodOutput(F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits)
+        return MethodOutput(F.cross_entropy(logits.float(), y, label_smoothing=self.label_smoothing), logits, {})
