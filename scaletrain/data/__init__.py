@@ -38,11 +38,36 @@ def _hwc(manifest) -> Optional[tuple]:
     return (h, w, c)
 
 
+def _first_sample_hwc(url: str):
+    """Shape (H, W, C) of the first sample of a local shard (None if unreadable: reading reports it)."""
+    import itertools
+
+    from .reader import Stats, _is_local, read_shard
+
+    if not _is_local(url):
+        return None
+    try:
+        first = next(itertools.islice(read_shard(url, expected=None, hwc=None, on_error="raise",
+                                                 stats=Stats(), use_cache=False), 1), None)
+    except DataError:
+        return None
+    return None if first is None else first[1].shape
+
+
 def _build(cfg, split: str, **kw) -> ShardLoader:
     manifest = _manifest_or_none(cfg)
     urls, counts, shas = resolve_urls(cfg, split, manifest)
     verify_shards(urls, shas, cfg.on_error)
-    return ShardLoader(urls, counts, image_hwc=_hwc(manifest), on_error=cfg.on_error,
+    hwc = _hwc(manifest)
+    # shape check before training starts: the first image must have the expected
+    # shape (the manifest's; without one, it sets the shape every later image must match)
+    seen = _first_sample_hwc(urls[0])
+    if hwc is None:
+        hwc = seen
+    elif seen is not None and tuple(seen) != tuple(hwc):
+        raise DataError(f"shard {urls[0]}: images have shape (H, W, C) {tuple(seen)}, "
+                        f"the manifest in data.root={cfg.root} says {tuple(hwc)}")
+    return ShardLoader(urls, counts, image_hwc=hwc, on_error=cfg.on_error,
                        shuffle_buffer=cfg.shuffle_buffer, workers=cfg.workers, split=split, **kw)
 
 

@@ -280,6 +280,22 @@ def test_bad_sample_shape_is_named(tmp_path):
     assert L.skipped["skipped_samples"] == 1
 
 
+def test_wrong_image_shape_is_caught_before_training(digits_root, tmp_path):
+    """Shards of another dataset behind a manifest: the loader refuses to start."""
+    from scaletrain.data import write_dataset
+
+    np.savez(tmp_path / "a.npz", x=np.zeros((30, 9, 9), np.uint8), y=np.arange(30) % 3)
+    write_dataset("npz", str(tmp_path / "a.npz"), tmp_path / "nine", shard_samples=10, progress=False)
+    for f in (tmp_path / "nine").glob("train-*.tar"):  # names unknown to the digits manifest
+        f.rename(f.with_name("nine" + f.name[5:]))
+    cfg = DataConfig(source="shards", root=str(digits_root), train_urls=str(tmp_path / "nine" / "nine-*.tar"))
+    with pytest.raises(DataError, match=r"nine-000000\.tar: images have shape \(H, W, C\) \(9, 9, 1\).*\(8, 8, 1\)"):
+        train_loader(cfg)
+    # without a manifest the first image fixes the shape for the rest
+    cfg = DataConfig(source="shards", root=str(tmp_path / "none"), train_urls=str(tmp_path / "nine" / "nine-*.tar"))
+    assert train_loader(cfg).image_hwc == (9, 9, 1)
+
+
 def test_clear_errors_before_training(digits_root, tmp_path):
     with pytest.raises(DataError, match=r"3 shard\(s\) but 2 rank\(s\) x 2 worker\(s\) = 4 readers"):
         ShardLoader(["a", "b", "c"], [1, 1, 1], batch_size=1, world_size=2, workers=2)
