@@ -77,12 +77,14 @@ def train_loader(cfg, *, rank: int = 0, world_size: int = 1, epoch: int = 0,
 
     `image_size` overrides `cfg.augment.resize` (a later stage may change
     resolution). Iterating it again continues with the next epoch (reshuffled);
-    `set_epoch(e)` jumps to epoch e."""
+    `set_epoch(e)` jumps to epoch e. In exact mode on several ranks, ranks with
+    fewer batches pad with samples of a second pass so that all ranks yield
+    the same number of batches (see docs/data.md)."""
     aug = cfg.augment
     return _build(cfg, "train", batch_size=cfg.batch_size, mode=cfg.mode, shuffle=True,
                   seed=cfg.seed if seed is None else seed, epoch=epoch, rank=rank, world_size=world_size,
                   epoch_size=cfg.epoch_size, crop_padding=aug.crop_padding, hflip=aug.hflip,
-                  resize=image_size if image_size is not None else aug.resize)
+                  resize=image_size if image_size is not None else aug.resize, pad_ranks=True)
 
 
 def eval_loader(cfg, split: str = "test", *, rank: int = 0, world_size: int = 1,

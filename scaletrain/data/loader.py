@@ -15,6 +15,7 @@ skipped (a warning says so).
 """
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import warnings
@@ -53,7 +54,7 @@ class ShardLoader:
                  epoch_size: Optional[int] = None, on_error: str = "raise",
                  image_hwc: Optional[Tuple[int, int, int]] = None, crop_padding: int = 0,
                  hflip: bool = False, resize: Optional[int] = None, drop_last: bool = False,
-                 split: str = "train"):
+                 split: str = "train", pad_ranks: bool = False):
         if mode not in ("exact", "resampled"):
             raise DataError(f"key 'data.mode': unknown mode '{mode}' (exact | resampled)")
         if not 0 <= rank < world_size:
@@ -65,7 +66,7 @@ class ShardLoader:
         self.rank, self.world_size, self.workers = int(rank), int(world_size), int(workers)
         self.buffer, self.on_error, self.image_hwc = int(shuffle_buffer), on_error, image_hwc
         self.crop_padding, self.hflip, self.resize = int(crop_padding), bool(hflip), resize
-        self.drop_last, self.split = drop_last, split
+        self.drop_last, self.split, self.pad_ranks = drop_last, split, bool(pad_ranks)
         self.epoch = int(epoch)
         self._consumed = [0] * max(1, self.workers)  # batches delivered per worker, this epoch
         self._skipped: Dict[str, int] = {"skipped_shards": 0, "skipped_samples": 0}
@@ -83,15 +84,24 @@ class ShardLoader:
             if epoch_size <= 0:
                 raise DataError(f"key 'data.epoch_size': must be > 0, got {epoch_size}")
         self.epoch_size = epoch_size
+        if mode == "exact" and pad_ranks and self.world_size > 1 and self.counts is None:
+            warnings.warn(f"scaletrain.data: {split}: exact mode on {self.world_size} ranks without a manifest "
+                          "(no sample counts): ranks may yield different numbers of batches and hang a "
+                          "collective; use data.mode=resampled", stacklevel=3)
 
     # ----------------------------------------------------------- layout
-    def _worker_shards(self, epoch: int, w: int) -> List[int]:
-        """Shard indices read by worker `w` of this rank in exact mode."""
+    def _worker_shards(self, epoch: int, w: int, rank: Optional[int] = None) -> List[int]:
+        """Shard indices read by worker `w` of `rank` (default: this rank) in exact mode."""
         order = np.arange(len(self.urls))
         if self.shuffle:  # identical on all ranks: seeded by (seed, epoch) only
             order = np.random.default_rng([self.seed, epoch, 101]).permutation(len(self.urls))
-        mine = order[self.rank::self.world_size]
+        mine = order[(self.rank if rank is None else rank)::self.world_size]
         return [int(i) for i in mine[w::max(1, self.workers)]]
+
+    def _natural_batches(self, rank: int, w: int) -> int:
+        """Batches of one pass over the shards of worker `w` of `rank` (exact mode, counts known)."""
+        n = sum(self.counts[i] for i in self._worker_shards(self.epoch, w, rank))
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def _worker_quota(self, w: int) -> Optional[int]:
         """Batches worker `w` yields this epoch (None = unknown)."""
@@ -101,8 +111,14 @@ class ShardLoader:
             return nb // W + (1 if w < nb % W else 0)
         if self.counts is None:
             return None
-        n = sum(self.counts[i] for i in self._worker_shards(self.epoch, w))
-        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+        natural = self._natural_batches(self.rank, w)
+        if not self.pad_ranks or self.world_size == 1:
+            return natural
+        # pad to the largest rank's batch count (as torch's DistributedSampler pads):
+        # the extra batches go to this rank's workers round-robin
+        totals = [sum(self._natural_batches(r, v) for v in range(W)) for r in range(self.world_size)]
+        extra = max(totals) - totals[self.rank]
+        return natural + extra // W + (1 if w < extra % W else 0)
 
     def batches_per_rank_resampled(self) -> int:
         return max(1, math.ceil(self.epoch_size / (self.world_size * self.batch_size)))
@@ -138,10 +154,18 @@ class ShardLoader:
     def _worker_batches(self, w: int, skip: int) -> Iterator[Dict[str, Any]]:
         stats = Stats()
         quota = self._worker_quota(w)
-        items = self._samples(w, stats)
-        if self.shuffle:
-            rng = np.random.default_rng([self.seed, self.epoch, self.rank, w, 303])
-            items = shuffle_buffer(items, self.buffer, rng)
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, w, 303])
+
+        def one_pass():
+            items = self._samples(w, stats)
+            return shuffle_buffer(items, self.buffer, rng) if self.shuffle else items
+
+        if self.mode == "exact" and quota is not None and quota > self._natural_batches(self.rank, w):
+            # padding: after a complete (separately shuffled) pass, start another one;
+            # the quota cuts inside the second pass, so every sample of the first is yielded
+            items = itertools.chain.from_iterable(one_pass() for _ in itertools.count())
+        else:
+            items = one_pass()
         done, batch = 0, []
         reported = {"skipped_shards": 0, "skipped_samples": 0}
 

@@ -31,13 +31,25 @@ def _rank_main(rank, world, port, root, out):
     cfg = digits_cfg(root, workers=2, batch_size=40)
     prepare(cfg, progress=False)  # both ranks at once: atomic, one copy wins
     result = {}
-    for name, loader in [("exact", train_loader(cfg, rank=rank, world_size=world, epoch=1)),
+    # exact, unpadded (the evaluation loader; and the training loader with padding off)
+    train_nopad = train_loader(cfg, rank=rank, world_size=world, epoch=1)
+    train_nopad.pad_ranks = False
+    for name, loader in [("exact", train_nopad),
                          ("eval", eval_loader(cfg, rank=rank, world_size=world, batch_size=30))]:
         keys = [k for _, _, ks in loader.iter_with_keys() for k in ks]
         gathered = [None] * world
         dist.all_gather_object(gathered, keys)
         result[name] = gathered
-        result[name + "_len"] = len(loader)
+    # exact training loader (padded): one all_reduce per batch must not hang
+    L = train_loader(cfg, rank=rank, world_size=world, epoch=1)
+    n, steps, keys = len(L), 0, set()
+    for x, y, ks in L.iter_with_keys():
+        dist.all_reduce(torch.ones(1))
+        steps += 1
+        keys.update(ks)
+    gathered = [None] * world
+    dist.all_gather_object(gathered, (steps, n, sorted(keys)))
+    result["exact_padded"] = gathered
     # resampled: an odd epoch size, every rank must run the same number of steps;
     # a collective per batch would hang if one rank had fewer
     rcfg = digits_cfg(root, workers=2, batch_size=40, mode="resampled", epoch_size=999)
@@ -70,3 +82,6 @@ def test_two_ranks_two_workers_exact_and_resampled(tmp_path):
         assert len(union) == len(set(union)) == total, name  # every sample exactly once
         assert all(len(keys) > 0 for keys in per_rank)
     assert r["resampled"] == [[13, 13], [13, 13]] == [[math.ceil(999 / 80)] * 2] * 2
+    (s0, n0, k0), (s1, n1, k1) = r["exact_padded"]
+    assert s0 == n0 == s1 == n1  # equal batch counts on both ranks
+    assert not set(k0) & set(k1) and len(k0) + len(k1) == 1438  # padding only repeats a rank's own samples

@@ -43,16 +43,44 @@ def test_exact_single_rank_reads_every_sample_once_and_reshuffles(digits_root):
 def test_exact_split_by_rank_and_worker_in_process(digits_root, world, workers):
     """Ranks simulated in one process; workers are real DataLoader worker processes."""
     cfg = digits_cfg(digits_root, workers=workers)
-    keys, n_batches = [], 0
+    # without padding: every sample exactly once across ranks and workers
+    keys = []
     for r in range(world):
         L = train_loader(cfg, rank=r, world_size=world, epoch=3)
-        got = all_keys(L)
-        n_batches += len(L)
-        keys += got
+        L.pad_ranks = False
+        keys += all_keys(L)
     assert len(keys) == len(set(keys)) == TRAIN
+    # train_loader pads ranks to equal batch counts (shards of 100 and one of 38 -> uneven)
+    per_rank, lens = [], []
+    for r in range(world):
+        L = train_loader(cfg, rank=r, world_size=world, epoch=3)
+        lens.append(len(L))  # before iterating: afterwards the loader is at the next epoch
+        natural = sum(L.counts[i] for v in range(max(1, workers)) for i in L._worker_shards(3, v))
+        batches = [k for _, _, k in L.iter_with_keys()]
+        assert len(batches) == lens[-1]
+        ks = [k for b in batches for k in b]
+        # padding repeats samples of the rank's own shards: its distinct keys are exactly its share
+        assert len(set(ks)) == natural and len(ks) >= natural
+        per_rank.append(set(ks))
+    assert len(set(lens)) == 1
+    assert sum(len(k) for k in per_rank) == TRAIN and set().union(*per_rank) == set(keys)
     if workers == 0:  # same union in the eval split, in fixed order
         ev = [all_keys(eval_loader(cfg, rank=r, world_size=world)) for r in range(world)]
         assert sum(len(e) for e in ev) == 359 and len(set(sum(ev, []))) == 359
+
+
+def test_exact_padding_is_minimal_and_deterministic(digits_root):
+    cfg = digits_cfg(digits_root, batch_size=50)
+    loaders = [train_loader(cfg, rank=r, world_size=2, epoch=0) for r in range(2)]
+    natural = [L._natural_batches(L.rank, 0) for L in loaders]
+    assert natural[0] != natural[1]  # this epoch's shard split is uneven
+    assert len(loaders[0]) == len(loaders[1]) == max(natural)
+    short = int(np.argmin(natural))
+    ks = all_keys(loaders[short])
+    n_first = sum(loaders[short].counts[i] for i in loaders[short]._worker_shards(0, 0))
+    assert len(ks) == max(natural) * 50  # padded batches are full
+    assert len(set(ks[:n_first])) == n_first  # the complete first pass comes first
+    assert all_keys(train_loader(cfg, rank=short, world_size=2, epoch=0)) == ks
 
 
 def test_eval_order_is_deterministic_manifest_order(digits_root):
