@@ -160,12 +160,10 @@ class ShardLoader:
             items = self._samples(w, stats)
             return shuffle_buffer(items, self.buffer, rng) if self.shuffle else items
 
-        if self.mode == "exact" and quota is not None and quota > self._natural_batches(self.rank, w):
-            # padding: after a complete (separately shuffled) pass, start another one;
-            # the quota cuts inside the second pass, so every sample of the first is yielded
-            items = itertools.chain.from_iterable(one_pass() for _ in itertools.count())
-        else:
-            items = one_pass()
+        # exact mode, several ranks: when this worker's pass ends before its quota
+        # (padding, or samples lost to on_error=skip) it starts another pass over
+        # its own shards, so every rank yields the same number of batches
+        pad = self.mode == "exact" and self.pad_ranks and self.world_size > 1 and quota is not None
         done, batch = 0, []
         reported = {"skipped_shards": 0, "skipped_samples": 0}
 
@@ -180,20 +178,33 @@ class ShardLoader:
                               hflip=self.hflip, resize=self.resize)
             return {"x": x, "y": y, "keys": keys, "worker": w, "stats": delta()}
 
-        for item in items:
-            if quota is not None and done >= quota:
+        source, passes = one_pass(), 1
+        while True:
+            n_items, cut = 0, False
+            for item in source:
+                if quota is not None and done >= quota:
+                    cut = True
+                    break
+                n_items += 1
+                batch.append(item)
+                if len(batch) == self.batch_size:
+                    if done >= skip:
+                        yield emit(batch)
+                    done += 1
+                    batch = []
+            if cut:
                 break
-            batch.append(item)
-            if len(batch) == self.batch_size:
-                if done >= skip:
-                    yield emit(batch)
-                done += 1
-                batch = []
-        else:
+            if pad and done + (1 if batch else 0) < quota:  # a further pass completes the quota
+                if n_items == 0:
+                    raise DataError(f"{self.split}: no readable samples in the shards of rank {self.rank} "
+                                    f"worker {w} (pass {passes})")
+                source, passes = one_pass(), passes + 1
+                continue
             if batch and not self.drop_last and (quota is None or done < quota):
                 if done >= skip:
                     yield emit(batch)
                 done += 1
+            break
         yield {"worker": w, "stats": delta(), "end": True}
 
     # ----------------------------------------------------------- iteration

@@ -351,3 +351,19 @@ def test_pipe_urls_and_manifest_counts(digits_root):
     assert len(L) == 23  # counts matched to the manifest by shard name
     keys = all_keys(L)
     assert len(keys) == len(set(keys)) == TRAIN
+
+
+def test_skip_mode_keeps_ranks_equal(digits_root, tmp_path):
+    """A shard lost to on_error=skip must not leave one rank short of batches."""
+    root = _copy(digits_root, tmp_path / "d")
+    _truncate(root / "train-000004.tar", 20_000)
+    cfg = digits_cfg(root, on_error="skip", batch_size=50)
+    lens, got, skipped = [], [], []
+    with pytest.warns(UserWarning, match=r"train-000004\.tar"):
+        for r in range(2):
+            L = train_loader(cfg, rank=r, world_size=2)
+            lens.append(len(L))
+            got.append(sum(1 for _ in L))
+            skipped.append(L.skipped["skipped_shards"])
+    assert got == lens and lens[0] == lens[1]
+    assert sorted(s > 0 for s in skipped) == [False, True]  # one rank lost the shard and made up for it
