@@ -104,7 +104,8 @@ class EngineConfig:
     grad_clip: float = 0.0
     global_batch_size: Optional[int] = None  # None = batch_size * workers * grad_accum
     ray_address: Optional[str] = None
-    max_failures: int = 0
+    max_failures: int = 0          # Ray Train: restarts from the last checkpoint after a worker dies
+    ray_storage: Optional[str] = None  # Ray Train storage_path (shared FS / s3://; None = <run_dir>/ray)
     dist_backend: Optional[str] = None  # None = nccl on GPU, gloo on CPU
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # merged into the generated DS config
 

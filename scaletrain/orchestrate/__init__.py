@@ -1,0 +1,1 @@
+"""Orchestration around a run, never inside it: Ray Train (`run_with_ray`) and Ray Jobs (`launch_main`)."""

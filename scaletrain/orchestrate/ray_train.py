@@ -1,0 +1,194 @@
+"""`engine.launcher=ray`: one run as a Ray Train (V2) `TorchTrainer` with `engine.workers` workers.
+
+    report = run_with_ray(cfg)
+
+Each Ray worker runs `scaletrain.run.train_worker(cfg, run_dir=...)` (the same function a
+local or torchrun rank runs); Ray sets up the torch process group (gloo on CPU, nccl on GPU)
+and `init_distributed` joins it. Ray reporting stays outside the training loop: a trainer
+hook (`RayReportHook`) reports metrics at every epoch end and every checkpoint with
+`ray.train.report(metrics, checkpoint=Checkpoint.from_directory(...))`.
+
+Fault tolerance (`engine.max_failures`): Ray restarts the worker group after a worker dies
+(`FailureConfig(max_failures=...)`); the new workers get the last reported checkpoint from
+`ray.train.get_checkpoint()` and resume from it mid-stage, mid-epoch.
+
+Cluster: `engine.ray_address` or `RAY_ADDRESS` connects to an existing cluster; otherwise a
+local Ray is started with enough *logical* CPUs for the workers (GUIDE: logical CPUs may
+exceed cores). On several nodes `out_dir` must be a shared filesystem (all ranks write one
+checkpoint folder); `engine.ray_storage` (NFS path or s3://...) is where Ray keeps its copy.
+
+Ray docs: https://docs.ray.io/en/latest/train/getting-started-pytorch.html ,
+https://docs.ray.io/en/latest/train/user-guides/checkpoints.html ,
+https://docs.ray.io/en/latest/train/user-guides/fault-tolerance.html
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import math
+import os
+import tempfile
+from typing import Any, Callable, Dict, Optional, Union
+
+from omegaconf import DictConfig
+
+DEFAULT_WORKER = "scaletrain.run:train_worker"
+
+
+def _scalars(d: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: v for k, v in d.items() if isinstance(v, (int, float, str, bool))}
+
+
+class RayReportHook:
+    """Trainer hook: report to Ray Train from inside a worker (all ranks call it)."""
+
+    def on_epoch_end(self, trainer, metrics):
+        import ray.train
+        ray.train.report(_scalars(metrics))
+
+    def on_checkpoint(self, trainer, path, metrics):
+        import ray.train
+        # Rank 0 reports the folder, which holds every rank's files (shared run folder);
+        # Ray merges workers' checkpoints into one directory and needs all ranks to call report.
+        ckpt = ray.train.Checkpoint.from_directory(path) if trainer.engine.rank == 0 else None
+        ray.train.report(_scalars(dict(metrics, checkpoint_step=trainer.engine.global_step)), checkpoint=ckpt,
+                         checkpoint_dir_name=os.path.basename(path))
+
+
+def _load_worker(spec: Union[str, Callable]) -> Callable:
+    if callable(spec):
+        return spec
+    mod, _, fn = spec.partition(":")
+    return getattr(importlib.import_module(mod), fn)
+
+
+def _newest(ray_path: Optional[str], run_dir: str) -> Optional[str]:
+    """The newer of Ray's last registered checkpoint and the run folder's last complete one.
+
+    Ray registers a checkpoint only once its controller has polled every worker's report
+    (every ~2 s), so a worker dying right after a checkpoint can leave Ray one or two
+    checkpoints behind the (atomic, shared) run folder."""
+    from ..engine.checkpoint import latest_checkpoint, read_meta
+    found = [p for p in (ray_path, latest_checkpoint(os.path.join(run_dir, "checkpoints"))) if p]
+    found = [(read_meta(p)["step"], i, p) for i, p in enumerate(found) if read_meta(p) is not None]
+    return max(found)[2] if found else None
+
+
+def ray_worker_loop(config: Dict[str, Any]) -> None:
+    """Ray Train `train_loop_per_worker`: resume from Ray's checkpoint if any, run the worker."""
+    import ray.train
+
+    from ..config import config_from_dict
+    from ..engine.hooks import use_hooks
+    ctx = ray.train.get_context()
+    os.environ.update(RANK=str(ctx.get_world_rank()), WORLD_SIZE=str(ctx.get_world_size()),
+                      LOCAL_RANK=str(ctx.get_local_rank()))
+    if not config.get("use_gpu"):
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    for k, v in config.get("env", {}).items():
+        os.environ.setdefault(k, v)
+    worker = _load_worker(config["worker"])
+    cfg = config_from_dict(config["cfg"])
+    checkpoint = ray.train.get_checkpoint()
+    with contextlib.ExitStack() as stack:
+        ray_path = str(stack.enter_context(checkpoint.as_directory())) if checkpoint is not None else None
+        resume = _newest(ray_path, config["run_dir"])
+        if resume is not None:
+            cfg.resume = resume
+        with use_hooks(RayReportHook()):
+            report = worker(cfg, run_dir=config["run_dir"])
+    if isinstance(report, dict):
+        report["resume_source"] = {"ray_checkpoint": ray_path, "used": resume}
+    # Ray V2 keeps the metrics that come with a checkpoint: rank 0 attaches a tiny one holding
+    # the report, so the driver receives it without a shared filesystem.
+    final, ckpt = {"final": 1}, None
+    with tempfile.TemporaryDirectory() as tmp:
+        if ctx.get_world_rank() == 0:
+            final["report_json"] = json.dumps(report or {}, default=str)
+            with open(os.path.join(tmp, "report.json"), "w") as f:
+                f.write(final["report_json"])
+            ckpt = ray.train.Checkpoint.from_directory(tmp)
+        ray.train.report(final, checkpoint=ckpt, checkpoint_dir_name="final_report")
+
+
+def _absolute(cfg: DictConfig) -> DictConfig:
+    """Ray workers may run in another folder: make local paths absolute."""
+    cfg = cfg.copy()
+    cfg.out_dir = os.path.abspath(cfg.out_dir)
+    for key in ("root", "path", "train_urls", "test_urls"):
+        val = cfg.data.get(key)
+        if val and "://" not in val and not val.startswith("pipe:") and not os.path.isabs(val):
+            cfg.data[key] = os.path.abspath(val)
+    return cfg
+
+
+def connect(cfg) -> None:
+    """Join `engine.ray_address` / `RAY_ADDRESS`, else start a local Ray sized for the run."""
+    import ray
+    if ray.is_initialized():
+        return
+    address = cfg.engine.ray_address or os.environ.get("RAY_ADDRESS")
+    env = {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]} if "DS_ACCELERATOR" in os.environ else {}
+    if address:
+        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+        return
+    need = int(math.ceil(cfg.engine.workers * cfg.engine.cpus_per_worker)) + 1
+    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+             runtime_env={"env_vars": env} if env else None)
+
+
+def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
+                 run_dir: Optional[str] = None) -> Dict[str, Any]:
+    """Run `worker(cfg, run_dir=...)` on `engine.workers` Ray Train workers; return rank 0's report."""
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from ..config import to_dict
+    from ..errors import UserError
+    cfg = _absolute(cfg)
+    if run_dir is None:
+        try:
+            from ..run import resolve_run_dir
+            run_dir = str(resolve_run_dir(cfg))
+        except ImportError:
+            run_dir = os.path.join(cfg.out_dir, cfg.name)
+    run_dir = os.path.abspath(run_dir)
+    os.makedirs(run_dir, exist_ok=True)
+    e = cfg.engine
+    use_gpu = e.gpus_per_worker > 0
+    connect(cfg)
+    resources = {"CPU": e.cpus_per_worker}
+    if use_gpu:
+        resources["GPU"] = e.gpus_per_worker
+    env = {k: v for k, v in os.environ.items() if k.startswith(("WANDB_", "DS_ACCELERATOR", "SCALETRAIN_"))}
+    trainer = TorchTrainer(
+        ray_worker_loop,
+        train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "worker": worker, "use_gpu": use_gpu,
+                           "env": env},
+        torch_config=TorchConfig(backend=e.dist_backend or ("nccl" if use_gpu else "gloo")),
+        scaling_config=ray.train.ScalingConfig(num_workers=e.workers, use_gpu=use_gpu,
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=os.path.basename(run_dir),
+            storage_path=e.ray_storage or os.path.join(run_dir, "ray"),
+            failure_config=ray.train.FailureConfig(max_failures=e.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.train.keep_last or None),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        msg = str(err)
+        for line in msg.splitlines():  # a user mistake inside a worker stays a user mistake
+            if "UserError" in line or "ConfigError" in line or "DataError" in line:
+                raise UserError(line.split(":", 1)[-1].strip()) from None
+        raise
+    metrics = result.metrics or {}
+    report = json.loads(metrics.get("report_json", "{}"))
+    if isinstance(report, dict) and isinstance(report.setdefault("ray", {}), dict):
+        report["ray"].update(storage=result.path)
+    return report
+
+
+__all__ = ["run_with_ray", "ray_worker_loop", "RayReportHook", "connect"]
