@@ -15,7 +15,6 @@ skipped (a warning says so).
 """
 from __future__ import annotations
 
-import itertools
 import logging
 import math
 import warnings

@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import math
 import os
 import warnings
 from pathlib import Path
@@ -41,7 +40,6 @@ import numpy as np
 import torch
 
 from ..errors import DataError
-from .augment import augment_batch
 
 log_prefix = "scaletrain.data"
 

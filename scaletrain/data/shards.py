@@ -164,7 +164,8 @@ def write_shards(src: Source, out: Path, settings: Dict[str, Any], *, name: str,
         "class_names": list(src.class_names),
         "splits": {},
     }
-    with tqdm(total=n, desc=f"writing shards ({name})", unit="img", disable=not progress,
+    # disable=None: tqdm shows the bar only on a terminal (no bar lines in logs)
+    with tqdm(total=n, desc=f"writing shards ({name})", unit="img", disable=None if progress else True,
               leave=False) as pbar:
         for split in SPLITS:
             manifest["splits"][split] = write_split(

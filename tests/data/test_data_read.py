@@ -4,13 +4,12 @@ from __future__ import annotations
 import math
 import os
 import shutil
-from collections import Counter
 
 import numpy as np
 import pytest
 import torch
 
-from data_helpers import all_keys, digits_cfg, pixels_u8
+from data_helpers import all_keys, digits_cfg
 from scaletrain.config import DataConfig
 from scaletrain.config.schema import AugmentConfig
 from scaletrain.data import ShardLoader, eval_loader, read_manifest, train_loader

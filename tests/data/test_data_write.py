@@ -4,7 +4,6 @@ from __future__ import annotations
 import gzip
 import json
 import multiprocessing as mp
-import os
 import tarfile
 from pathlib import Path
 
