@@ -134,7 +134,7 @@ def connect(cfg) -> None:
         ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
         return
     need = int(math.ceil(cfg.engine.workers * cfg.engine.cpus_per_worker)) + 1
-    ray.init(num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
+    ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,
              runtime_env={"env_vars": env} if env else None)
 
 
