@@ -366,3 +366,13 @@ def test_skip_mode_keeps_ranks_equal(digits_root, tmp_path):
             skipped.append(L.skipped["skipped_shards"])
     assert got == lens and lens[0] == lens[1]
     assert sorted(s > 0 for s in skipped) == [False, True]  # one rank lost the shard and made up for it
+
+
+def test_failing_pipe_command_names_the_url(tmp_path):
+    L = ShardLoader([f"pipe:cat {tmp_path}/missing-000000.tar"], None, batch_size=4, image_hwc=(8, 8, 1))
+    with pytest.raises(DataError, match=r"shard pipe:cat .*missing-000000\.tar"):
+        list(L)
+    L = ShardLoader([f"pipe:cat {tmp_path}/missing-000000.tar"], None, batch_size=4, on_error="skip")
+    with pytest.warns(UserWarning, match="missing-000000"):
+        assert list(L) == []
+    assert L.skipped["skipped_shards"] == 1
