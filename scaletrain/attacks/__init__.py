@@ -51,6 +51,8 @@ def create_attack(name: str, *, eps: float, alpha=None, steps=None, norm: str = 
     unknown = sorted(k for k in kw if k not in accepted)
     if unknown:
         raise ConfigError(f"key 'method.attack.kwargs': attack '{name}' does not take {', '.join(unknown)}")
+    if targeted and "targeted" not in accepted:
+        raise ConfigError(f"key 'method.attack': attack '{name}' has no targeted mode")
     args.update(kw)
     return cls(eps=eps, **args)
 
