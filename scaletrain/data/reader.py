@@ -274,10 +274,16 @@ def read_shard(url: str, *, expected: Optional[int], hwc: Optional[Tuple[int, in
 
 
 def _tar_end_problem(path: str) -> Optional[str]:
+    """Why an uncompressed tar file looks truncated, or None. Files without the
+    ustar magic at offset 257 (compressed .tar.gz shards, old v7 tars) are not
+    judged here; reading them checks what it can."""
     size = os.path.getsize(path)
-    if size < 1024 or size % 512:
-        return f"size {size} bytes is not a whole number of 512-byte tar blocks (truncated?)"
     with open(path, "rb") as f:
+        head = f.read(512)
+        if len(head) < 512 or head[257:262] != b"ustar":
+            return None if len(head) else "empty file"
+        if size < 1536 or size % 512:
+            return f"size {size} bytes is not a whole number of 512-byte tar blocks (truncated?)"
         f.seek(size - 1024)
         if any(f.read(1024)):
             return "no end-of-archive marker (truncated?)"

@@ -376,3 +376,16 @@ def test_failing_pipe_command_names_the_url(tmp_path):
     with pytest.warns(UserWarning, match="missing-000000"):
         assert list(L) == []
     assert L.skipped["skipped_shards"] == 1
+
+
+def test_gzipped_shards_are_read(digits_root, tmp_path):
+    """WebDataset reads compressed tars; the truncation check must not reject them."""
+    import gzip
+
+    out = tmp_path / "gz"
+    out.mkdir()
+    for f in sorted(digits_root.glob("test-*.tar")):
+        (out / (f.name + ".gz")).write_bytes(gzip.compress(f.read_bytes()))
+    cfg = DataConfig(source="shards", root=str(tmp_path / "nomanifest"), train_urls=str(out / "test-*.tar.gz"))
+    keys = all_keys(train_loader(cfg))
+    assert sorted(keys) == sorted(all_keys(eval_loader(digits_cfg(digits_root))))
