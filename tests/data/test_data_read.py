@@ -203,6 +203,8 @@ def test_resume_continues_without_repeat_or_skip(digits_root, workers):
     assert all(torch.equal(got[k], want[k]) for k in want)
     if workers == 0:  # exact order too
         assert [k for _, k in tail] == [k for _, k in full[7:]]
+        # the abandoned loader itself also continues where it stopped
+        assert [k for _, _, k in L.iter_with_keys()] == [k for _, k in full[7:]]
     assert R.state_dict()["epoch"] == 3 and sum(R.state_dict()["consumed"]) == 0
 
 
