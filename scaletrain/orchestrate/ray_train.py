@@ -131,7 +131,9 @@ def connect(cfg) -> None:
     address = cfg.engine.ray_address or os.environ.get("RAY_ADDRESS")
     env = {"DS_ACCELERATOR": os.environ["DS_ACCELERATOR"]} if "DS_ACCELERATOR" in os.environ else {}
     if address:
-        ray.init(address=address, runtime_env={"env_vars": env} if env else None, log_to_driver=True)
+        # no runtime_env here: inside a Ray job it would conflict with the job's own; the
+        # variables workers need travel in the train loop config (ray_worker_loop sets them)
+        ray.init(address=address, log_to_driver=True)
         return
     need = int(math.ceil(cfg.engine.workers * cfg.engine.cpus_per_worker)) + 1
     ray.init(address="local", num_cpus=max(os.cpu_count() or 1, need), include_dashboard=False,

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 
 import pytest
@@ -22,11 +23,14 @@ TINY = ["train.epochs=1", "eval.pgd_steps=2", "eval.max_samples=64", "eval.eps=[
 @pytest.fixture
 def ray_head(tmp_path_factory):
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    if not os.path.exists(ray_bin):
-        pytest.skip("ray CLI not installed next to this python")
+    assert os.path.exists(ray_bin), "the ray CLI is not installed next to this python"
+    pytest.importorskip("aiohttp", reason="the Ray Jobs API needs ray[default] (dashboard packages)")
     temp = tmp_path_factory.mktemp("rayhead")
     port, dash = free_port(), free_port()
+    # a throwaway cluster on 127.0.0.1: no token auth (Ray >= 2.5x enables it for new clusters;
+    # real clusters keep it and the client reads RAY_AUTH_TOKEN / ~/.ray/auth_token)
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    env["RAY_AUTH_MODE"] = "disabled"
     head = subprocess.Popen([ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
                              "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}", "--include-dashboard=true",
                              "--num-cpus=3", "--disable-usage-stats", f"--temp-dir={temp}"],
@@ -37,9 +41,12 @@ def ray_head(tmp_path_factory):
         try:
             urllib.request.urlopen(f"{url}/api/version", timeout=2)
             break
+        except urllib.error.HTTPError:  # it answers (401 without Ray's auth token): it is up
+            break
         except OSError:
             if time.time() > deadline or head.poll() is not None:
-                os.killpg(head.pid, signal.SIGTERM)
+                if head.poll() is None:
+                    os.killpg(head.pid, signal.SIGTERM)
                 pytest.fail("the Ray head did not come up")
             time.sleep(1)
     yield url
@@ -70,6 +77,7 @@ def test_launch_user_errors(tmp_path, monkeypatch):
 @pytest.mark.timeout(600)
 def test_launch_runs_job_on_local_head_and_returns_its_status(ray_head, tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(REPO)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     out = tmp_path / "runs"
     rc = launch_main(["--address", ray_head, "--python", sys.executable, "--env", "DS_ACCELERATOR=cpu",
                       "configs/default.yaml", f"out_dir={out}", f"data.root={tmp_path}/data", "name=launched", *TINY])
