@@ -102,7 +102,9 @@ def project(x_adv: torch.Tensor, x: torch.Tensor, eps: float, norm: str) -> torc
 
 
 def random_start(x: torch.Tensor, eps: float, norm: str, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """A uniform point of the eps ball (L-inf: uniform cube; L2: uniform in the ball), clipped to [0, 1]."""
+    """A random point of the eps ball, clipped to [0, 1]. L-inf: uniform in the cube. L2: a uniform
+    direction at a radius drawn uniformly from [0, eps] (denser near the centre than a uniform point
+    of the ball, which in high dimension sits on the surface; measured stronger with few steps)."""
     if norm == "linf":
         u = torch.rand(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
         delta = (2 * u - 1).to(x.device) * eps
@@ -110,8 +112,7 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: Optional[tor
         dev = _gen_device(generator, x)
         g = torch.randn(x.shape, generator=generator, device=dev, dtype=torch.float32)
         r = torch.rand((x.shape[0],), generator=generator, device=dev, dtype=torch.float32)
-        d = x[0].numel()
-        radius = eps * r.pow(1.0 / d)
+        radius = eps * r
         delta = (g / (_flat_norm(g, 2) + 1e-12) * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
     return (x + delta).clamp(0.0, 1.0)
 
@@ -145,6 +146,7 @@ class Attack:
     name = "attack"
     norms = NORMS
     has_targeted = True
+    eval_steps = True        # the evaluation suite sets ``steps`` from eval.pgd_steps
 
     def __init__(self, *, eps: float, norm: str = "linf", loss: str = "ce", model_mode: str = "eval",
                  targeted: bool = False):

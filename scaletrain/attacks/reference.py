@@ -55,14 +55,17 @@ def _acc(model, x, y):
 
 
 def agreement(model, x, y, names: Optional[List[str]] = None, seed: int = 0, max_deepfool: int = 100,
-              **case_kw) -> List[dict]:
-    """One row per attack: ours, theirs (robust accuracy), diff = ours - theirs, seconds each."""
+              max_apgd_t: Optional[int] = None, **case_kw) -> List[dict]:
+    """One row per attack: ours, theirs (robust accuracy), diff = ours - theirs, seconds each.
+    DeepFool (torchattacks' is per-sample and slow) and APGD-T can run on fewer samples."""
     model.eval()
     rows = []
     for name, (ours, make_theirs, tf) in cases(**case_kw).items():
         if names is not None and name not in names:
             continue
         xi, yi = (x, y) if tf is None else (tf(x[:max_deepfool]), y[:max_deepfool])
+        if name == "apgd_t" and max_apgd_t is not None:
+            xi, yi = x[:max_apgd_t], y[:max_apgd_t]
         t = time.perf_counter()
         xo = ours(model, xi, yi, torch.Generator().manual_seed(seed))
         t_ours = time.perf_counter() - t

@@ -92,6 +92,18 @@ def _check_cfg(cfg) -> None:
     for i, s in enumerate(cfg.noise_sigmas):
         if s < 0:
             raise ConfigError(f"key 'eval.noise_sigmas.{i}': sigma must be >= 0, got {s}")
+    if cfg.norm not in ("linf", "l2"):
+        raise ConfigError(f"key 'eval.norm': value '{cfg.norm}' is not one of linf, l2")
+    if cfg.model_mode not in ("eval", "train"):
+        raise ConfigError(f"key 'eval.model_mode': value '{cfg.model_mode}' is not one of eval, train")
+    for key in ("pgd_steps", "restarts", "autoattack_steps"):
+        if int(getattr(cfg, key, 1)) <= 0:
+            raise ConfigError(f"key 'eval.{key}': must be > 0, got {getattr(cfg, key)}")
+    if cfg.pgd_alpha is not None and cfg.pgd_alpha <= 0:
+        raise ConfigError(f"key 'eval.pgd_alpha': must be > 0 or null, got {cfg.pgd_alpha}")
+    if cfg.certify:
+        from .certify import settings
+        settings(cfg.certify)
     if cfg.batch_size <= 0:
         raise ConfigError(f"key 'eval.batch_size': must be > 0, got {cfg.batch_size}")
     if cfg.max_samples is not None and cfg.max_samples <= 0:
@@ -107,9 +119,11 @@ def build_eval_attack(name: str, eps: float, cfg):
     """The attack ``name`` at ``eps`` as the suite runs it: cfg.norm, cfg.pgd_steps,
     cfg.pgd_alpha, cfg.restarts, cfg.model_mode, and the worst iterate per sample."""
     kw = {}
-    if "track_best" in _accepted_names(ATTACKS.get(name)):
+    cls = ATTACKS.get(name)
+    if "track_best" in _accepted_names(cls):
         kw["track_best"] = True
-    return create_attack(name, eps=eps, alpha=cfg.pgd_alpha, steps=cfg.pgd_steps, norm=cfg.norm,
+    steps = cfg.pgd_steps if getattr(cls, "eval_steps", True) else None
+    return create_attack(name, eps=eps, alpha=cfg.pgd_alpha, steps=steps, norm=cfg.norm,
                          random_start=True, restarts=cfg.restarts, model_mode=cfg.model_mode, **kw)
 
 

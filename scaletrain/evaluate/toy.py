@@ -5,8 +5,9 @@ seconds on a CPU; nothing is downloaded (the digits ship with scikit-learn).
 """
 from __future__ import annotations
 
+import os
 from functools import lru_cache
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 
@@ -50,11 +51,21 @@ def _trained_state(seed: int, epochs: int, n_train: int, width: int):
     return _train(seed, epochs, n_train, width)
 
 
-def trained_digits_model(seed: int = 0, epochs: int = 8, n_train: int = 1400, width: int = 32):
+def trained_digits_model(seed: int = 0, epochs: int = 8, n_train: int = 1400, width: int = 32,
+                         cache_dir: Optional[str] = None):
     """A fresh ``digits_cnn`` (eval mode) with weights trained on the first ``n_train`` digits
-    (cached per process, so repeated calls are free); about 96% test accuracy."""
+    (cached per process, and in ``cache_dir`` if given); about 96% test accuracy."""
     from ..config.schema import ModelConfig
     from ..models import create_model
     model = create_model(ModelConfig(width=width))
+    path = os.path.join(cache_dir, f"digits_cnn_s{seed}_e{epochs}_n{n_train}_w{width}.pt") if cache_dir else None
+    if path and os.path.exists(path):
+        model.load_state_dict(torch.load(path, weights_only=True))
+        return model.eval()
     model.load_state_dict(_trained_state(seed, epochs, n_train, width))
+    if path:
+        os.makedirs(cache_dir, exist_ok=True)
+        tmp = f"{path}.tmp{os.getpid()}"
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, path)
     return model.eval()

@@ -12,8 +12,8 @@ NAMES = ["fgsm", "pgd_linf", "pgd_linf_no_rs", "pgd_l2", "bim", "mim", "apgd_ce"
 
 @pytest.fixture(scope="module")
 def rows(digits_model, digits_test):
-    x, y = digits_test[0][:200], digits_test[1][:200]
-    return {r["attack"]: r for r in agreement(digits_model, x, y, NAMES, max_deepfool=60)}
+    x, y = digits_test[0][:150], digits_test[1][:150]
+    return {r["attack"]: r for r in agreement(digits_model, x, y, NAMES, max_deepfool=30, max_apgd_t=80)}
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -21,6 +21,7 @@ def test_within_one_point(rows, name):
     r = rows[name]
     assert r["clean"] > 0.9
     assert r["ours"] < r["clean"] - 0.05 or name == "deepfool"     # the attack did something
+    # 1 point of 150 samples is 1.5 samples: at most one sample apart
     assert abs(r["diff"]) <= 0.01 + 1e-9, r
     assert r["ours"] <= r["theirs"] + 0.01 + 1e-9, r                # never weaker by more than 1 point
 
