@@ -142,7 +142,8 @@ class EvalConfig:
     max_samples: Optional[int] = None
     batch_size: int = 512
     noise_sigmas: List[float] = field(default_factory=list)
-    autoattack: bool = False
+    autoattack: bool = False       # APGD-CE + APGD-T preset (reported separately as report["autoattack"])
+    autoattack_steps: int = 100    # iterations per APGD run of the preset
     certify: Dict[str, Any] = field(default_factory=dict)  # {sigma, n0, n, alpha, radii, max_samples}
     seed: int = 0
 

@@ -25,7 +25,7 @@ CHOICES = {
 }
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "engine.workers",
-            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts",
+            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps",
             "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
