@@ -96,7 +96,7 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
 
     cfg = _as_config(cfg)
     dist = init_distributed(cfg)
-    _set_cpu_threads(dist)
+    _set_cpu_threads(cfg, dist)
     try:
         run_dir = Path(run_dir) if run_dir is not None else _shared_run_dir(cfg, dist)
         if dist.rank == 0:
@@ -135,11 +135,16 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         cleanup()
 
 
-def _set_cpu_threads(dist) -> None:
+def _set_cpu_threads(cfg, dist) -> None:
     """On CPU, share the cores between the ranks of this machine: oversubscribed
     OpenMP threads slow small models down many times (measured here)."""
     import torch
-    if dist.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+    if dist.device.type != "cpu":
+        return
+    if cfg.engine.cpu_threads > 0:
+        torch.set_num_threads(cfg.engine.cpu_threads)
+        return
+    if "OMP_NUM_THREADS" in os.environ:
         return
     local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.world_size > 1 else 1))
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))

@@ -27,17 +27,17 @@ class DataConfig:
     path: Optional[str] = None     # source location for idx / npz / imagefolder
     root: str = "data/digits"      # where shards are written / read
     train_urls: Optional[str] = None   # shard URLs (brace patterns, pipe:); None = <root>/train-*.tar
-    test_urls: Optional[str] = None
-    val_fraction: float = 0.0
-    test_fraction: float = 0.2
-    split_seed: int = 0
+    test_urls: Optional[str] = None    # test shard URLs; None = <root>/test-*.tar
+    val_fraction: float = 0.0      # fraction of samples held out for validation
+    test_fraction: float = 0.2     # fraction held out for the test split (the evaluation set)
+    split_seed: int = 0            # seed of the fixed train/val/test split
     shard_samples: int = 256       # samples per shard when writing
     encoding: str = "npy"          # npy (raw uint8) | png
     batch_size: int = 64           # micro-batch per rank
-    eval_batch_size: int = 512
+    eval_batch_size: int = 512     # batch size of evaluation loaders
     workers: int = 0               # loader worker processes per rank
-    shuffle_buffer: int = 2000
-    seed: int = 0
+    shuffle_buffer: int = 2000     # samples in the shuffle buffer of the training stream
+    seed: int = 0                  # shuffle / augmentation seed
     mode: str = "exact"            # exact | resampled (training stream)
     epoch_size: Optional[int] = None   # samples per epoch in resampled mode (None = dataset size)
     on_error: str = "raise"        # raise | skip (corrupt shards)
@@ -98,6 +98,7 @@ class EngineConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     device: str = "auto"           # auto | cpu | cuda
+    cpu_threads: int = 0           # torch threads per rank on CPU (0 = cores / local ranks)
     zero_stage: int = 0
     precision: str = "fp32"        # fp32 | bf16 | fp16
     grad_accum: int = 1
@@ -160,9 +161,9 @@ class TrackConfig:
 
 @dataclass
 class ExperimentConfig:
-    name: str = "default"
-    seed: int = 0
-    out_dir: str = "runs"
+    name: str = "default"          # run name: outputs go to <out_dir>/<name> (suffix -2, -3 if taken)
+    seed: int = 0                  # seeds model init, attack starts and the trainer RNG
+    out_dir: str = "runs"          # parent folder of run folders
     resume: str = "never"          # never | auto | <path to checkpoint>
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
