@@ -17,7 +17,7 @@ from scaletrain.orchestrate.launch import build_entrypoint, launch_main
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TINY = ["train.epochs=1", "eval.pgd_steps=2", "eval.max_samples=64", "eval.eps=[0.0,0.1]", "method.attack.steps=1",
-        "tracking.wandb=false", "model.width=8", "train.progress=false", "engine.workers=1"]
+        "tracking.wandb=false", "model.width=8", "train.progress=false", "engine.workers=2"]
 
 
 @pytest.fixture
@@ -86,7 +86,7 @@ def test_launch_runs_job_on_local_head_and_returns_its_status(ray_head, tmp_path
     assert "submitted raysubmit_" in logs and "SUCCEEDED" in logs
     assert "worst case" in logs  # the job's own output (its robustness table) was streamed back
     report = json.loads((out / "launched" / "report.json").read_text())
-    assert report["train"]["world_size"] == 1 and (out / "launched" / "model.pt").exists()
+    assert report["train"]["world_size"] == 2 and (out / "launched" / "model.pt").exists()
     # a job that fails (a config error inside the job) makes launch exit 1
     rc = launch_main(["--address", ray_head, "--python", sys.executable, "--env", "DS_ACCELERATOR=cpu",
                       f"out_dir={out}", "train.epochs=-1"])
