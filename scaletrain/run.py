@@ -96,7 +96,7 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
 
     cfg = _as_config(cfg)
     dist = init_distributed(cfg)
-    _set_cpu_threads(cfg, dist)
+    _set_cpu_threads(cfg, dist.device.type, dist.world_size)
     try:
         run_dir = Path(run_dir) if run_dir is not None else _shared_run_dir(cfg, dist)
         if dist.rank == 0:
@@ -135,19 +135,20 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         cleanup()
 
 
-def _set_cpu_threads(cfg, dist) -> None:
-    """On CPU, share the cores between the ranks of this machine: oversubscribed
-    OpenMP threads slow small models down many times (measured here)."""
+def _set_cpu_threads(cfg, device_type: str = "cpu", local_ranks: int = 1) -> None:
+    """Torch threads per rank on CPU (`engine.cpu_threads`; 0 = share the cores between
+    the local ranks). The default is 1: the models this runs on CPU are small, and
+    oversubscribed OpenMP threads slowed the default job 6x on a busy 2-core machine
+    (docs/benchmarks.md). The same setting applies to `scaletrain eval`, so its
+    numbers match the run's bit for bit."""
     import torch
-    if dist.device.type != "cpu":
+    if device_type != "cpu":
         return
-    if cfg.engine.cpu_threads > 0:
-        torch.set_num_threads(cfg.engine.cpu_threads)
-        return
-    if "OMP_NUM_THREADS" in os.environ:
-        return
-    local = int(os.environ.get("LOCAL_WORLD_SIZE", dist.world_size if dist.world_size > 1 else 1))
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(local, 1)))
+    n = cfg.engine.cpu_threads
+    if n <= 0:
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", local_ranks))
+        n = max(1, (os.cpu_count() or 1) // max(local, 1))
+    torch.set_num_threads(n)
 
 
 def _barrier(dist) -> None:
@@ -223,6 +224,7 @@ def evaluate_run(path: Union[str, Path], overrides: Sequence[str] = (), out_dir:
     """`scaletrain eval`: reload a run's weights and config, evaluate, write the report."""
     from .track import Tracker
     cfg, state, run_dir = load_run(path, overrides)
+    _set_cpu_threads(cfg)
     out = Path(out_dir) if out_dir else run_dir / "eval"
     out.mkdir(parents=True, exist_ok=True)
     state_file = str(out / "eval_state.json")

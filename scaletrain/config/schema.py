@@ -50,7 +50,7 @@ class ModelConfig:
     num_classes: int = 10
     in_channels: int = 1
     image_size: int = 8
-    width: int = 32
+    width: int = 16                # channels of the first conv (model-specific width knob)
     # normalisation lives inside the model: attacks work in [0, 1] pixel space
     mean: List[float] = field(default_factory=lambda: [0.0])
     std: List[float] = field(default_factory=lambda: [1.0])
@@ -60,9 +60,9 @@ class ModelConfig:
 @dataclass
 class AttackConfig:
     name: str = "pgd"              # see scaletrain.attacks.available()
-    eps: float = 0.2
+    eps: float = 0.25
     alpha: Optional[float] = None  # step size (None = attack default, e.g. 2.5*eps/steps)
-    steps: int = 7
+    steps: int = 5
     norm: str = "linf"             # linf | l2
     random_start: bool = True
     restarts: int = 1
@@ -98,7 +98,7 @@ class EngineConfig:
     gpus_per_worker: float = 0.0
     cpus_per_worker: float = 1.0
     device: str = "auto"           # auto | cpu | cuda
-    cpu_threads: int = 0           # torch threads per rank on CPU (0 = cores / local ranks)
+    cpu_threads: int = 1           # torch threads per rank on CPU (0 = cores / local ranks); see docs/engine.md
     zero_stage: int = 0
     precision: str = "fp32"        # fp32 | bf16 | fp16
     grad_accum: int = 1
