@@ -23,7 +23,7 @@ demo: install
 	$(VENV)/bin/scaletrain train
 
 test: install
-	$(PY) -m pytest -q -ra
+	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
 
 clean:
 	rm -rf runs data wandb .pytest_cache
