@@ -75,8 +75,8 @@ def render() -> str:
         notes = _comments(cls)
         for f in dataclasses.fields(cls):
             d = _default(f)
-        d = d if d.startswith("section ") else f"`{d}`"
-        lines.append(f"| `{f.name}` | `{_type(f)}` | {d} | {notes.get(f.name, '')} |")
+            d = d if d.startswith("section ") else f"`{d}`"
+            lines.append(f"| `{f.name}` | `{_type(f)}` | {d} | {notes.get(f.name, '')} |")
     return "\n".join(lines) + "\n"
 
 

@@ -62,3 +62,9 @@ def test_saved_config_round_trips(tmp_path):
     save_config(cfg, str(tmp_path / "config.yaml"))
     again = config_from_dict(OmegaConf.to_container(OmegaConf.load(tmp_path / "config.yaml")))
     assert to_dict(again) == to_dict(cfg)
+
+
+def test_configuration_reference_is_current(repo_root):
+    from scaletrain.config.reference import render
+    committed = (repo_root / "docs" / "configuration.md").read_text()
+    assert committed == render(), "regenerate: python -m scaletrain.config.reference > docs/configuration.md"
