@@ -17,7 +17,8 @@ from __future__ import annotations
 import contextlib
 import copy
 import os
-from typing import Any, Callable, Dict, Optional
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as tdist
@@ -28,6 +29,22 @@ from .dist import DistInfo, ensure_ds_accelerator
 from .optim import LRSchedule, Segment, create_optimizer
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ParamSlice:
+    """Which part of which model parameter an optimizer tensor holds on this rank.
+
+    `tensor.view(-1)[offset:offset+numel]` is `param.view(-1)[param_offset:param_offset+numel]`
+    of the parameter `name`. Under ZeRO 1-3 `tensor` is a flat fp32 partition (what the client
+    optimizer's param_groups hold); at stage 0 / torch it is the parameter (or its fp32 master).
+    """
+    name: str
+    shape: Tuple[int, ...]
+    tensor: torch.Tensor
+    offset: int
+    param_offset: int
+    numel: int
 
 
 def _plain(d) -> Dict[str, Any]:
@@ -208,6 +225,43 @@ class Engine:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
 
+    # ---- ZeRO partition awareness ------------------------------------------------
+    def param_slices(self) -> List[ParamSlice]:
+        """Map this rank's optimizer tensors to (parameter name, element range).
+
+        Lets a client optimizer key per-element randomness by (parameter, element index), the
+        same at any world size and ZeRO stage (counter-based Langevin noise)."""
+        names = {id(p): n for n, p in self.module.named_parameters()}
+        opt = self.ds.optimizer if self.ds is not None else self.optimizer
+        out: List[ParamSlice] = []
+        if self.zero_stage == 3:
+            rank = tdist.get_rank() if tdist.is_initialized() else 0
+            for group in opt.fp16_groups:
+                for p in group:
+                    gi, off, _ = opt.grad_position[opt.get_param_id(p)]
+                    part = p.ds_tensor.ds_numel
+                    start = rank * part
+                    valid = max(0, min(part, p.ds_numel - start))
+                    if valid:
+                        out.append(ParamSlice(names[id(p)], tuple(p.ds_shape), opt.fp32_partitioned_groups_flat[gi],
+                                              int(off), start, valid))
+        elif self.zero_stage in (1, 2):
+            for gi, group in enumerate(opt.bit16_groups):
+                flat = opt.single_partition_of_fp32_groups[gi]
+                for p in group:
+                    m = getattr(p, "_hp_mapping", None)
+                    if m is not None and m.lp_fragment_address.numel > 0:
+                        out.append(ParamSlice(names[id(p)], tuple(p.shape), flat, int(m.hp_fragment_address.start),
+                                              int(m.lp_fragment_address.start), int(m.lp_fragment_address.numel)))
+        elif hasattr(opt, "fp32_groups") and hasattr(opt, "fp16_groups"):  # stage 0 with bf16/fp16 masters
+            for lp_group, hp_group in zip(opt.fp16_groups, opt.fp32_groups):
+                for p, hp in zip(lp_group, hp_group):
+                    out.append(ParamSlice(names[id(p)], tuple(p.shape), hp, 0, 0, p.numel()))
+        else:
+            for p in self.module.parameters():
+                out.append(ParamSlice(names[id(p)], tuple(p.shape), p, 0, 0, p.numel()))
+        return out
+
     # ---- state ----------------------------------------------------------------
     def consolidated_state_dict(self) -> Dict[str, torch.Tensor]:
         """Full fp32 `state_dict` of the module from any ZeRO stage (fp32 master weights when
@@ -291,6 +345,7 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
         opt = make_opt(model.parameters())
         eng = Engine(cfg, model, opt, dist, ga)
         eng._apply_lr()
+        _tell_partitions(eng)
         return eng
     if backend != "deepspeed":
         raise ConfigError(f"key 'engine.backend': unknown backend '{backend}'")
@@ -301,4 +356,12 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
                                               dist_init_required=False)
     eng = Engine(cfg, model, opt, dist, ga, ds_engine=ds_engine)
     eng._apply_lr()
+    _tell_partitions(eng)
     return eng
+
+
+def _tell_partitions(eng: Engine) -> None:
+    """Client optimizers that define `set_param_slices(slices)` learn their ZeRO partitions."""
+    fn = getattr(eng.optimizer, "set_param_slices", None)
+    if callable(fn):
+        fn(eng.param_slices())

@@ -42,8 +42,22 @@ def main():
             losses = [r["loss"] for r in read_log(run)]
         else:
             losses = []
+        # ZeRO partition map: every slice matches the full weights, and counts which elements
+        # this rank's optimizer holds (summed over ranks by the test)
+        cover = {k: torch.zeros(v.numel(), dtype=torch.int32) for k, v in sd.items()
+                 if k in dict(engine.module.named_parameters())}
+        for s in engine.param_slices():
+            got = s.tensor.detach().view(-1)[s.offset:s.offset + s.numel].float()
+            want = sd[s.name].view(-1)[s.param_offset:s.param_offset + s.numel]
+            assert torch.equal(got, want), (z, s.name)
+            # the tensor the client optimizer steps on (ZeRO-3 swaps its flat sub-group partitions
+            # into param_groups only for the duration of step())
+            held = ([t for g in engine.optimizer.param_groups for t in g["params"]] if z < 3
+                    else list(engine.ds.optimizer.fp32_partitioned_groups_flat))
+            assert any(s.tensor is t for t in held), (z, s.name)
+            cover[s.name][s.param_offset:s.param_offset + s.numel] += 1
         results[z] = {"losses": torch.tensor(losses, dtype=torch.float64), "state": sd, "local": local,
-                      "steps": res["global_step"]}
+                      "steps": res["global_step"], "cover": cover}
     torch.save(results, f"{out}.rank{dist.rank}.pt")
     cleanup()
 

@@ -35,5 +35,9 @@ def test_two_ranks_match_one_rank_for_zero_0_to_3(tmp_path):
             torch.testing.assert_close(r1[z]["state"][k], v, rtol=0, atol=TOL, msg=f"ZeRO-{z} rank 1 {k}")
         for k, v in r0[z]["local"].items():  # the module each rank really runs (ZeRO 0-2)
             torch.testing.assert_close(r1[z]["local"][k], v, rtol=0, atol=TOL)
+        # ZeRO partition map: ZeRO 1-3 split every element over exactly one rank; stage 0 replicates
+        for k, c in r0[z]["cover"].items():
+            total = c + r1[z]["cover"][k]
+            assert bool((total == (2 if z == 0 else 1)).all()), (z, k)
     # the runs wrote their logs and final weights
     assert os.path.exists(tmp_path / "deepspeed-z3-w2" / "model.pt")
