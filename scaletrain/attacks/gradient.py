@@ -91,6 +91,12 @@ class PGD(Attack):
     def _run(self, model, x, y, generator):
         track = self.track_best or self.restarts > 1
         best = _BestTracker(x) if track else None
+        if self.norm == "linf":
+            # the L-inf ball intersected with [0, 1] is a box: one clamp per step
+            lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
+            step = lambda v: torch.max(torch.min(v, hi), lo)  # noqa: E731
+        else:
+            step = lambda v: project(v, x, self.eps, self.norm)  # noqa: E731
         for _ in range(self.restarts):
             x_adv = _random_start(x, self.eps, self.norm, generator) if self.random_start else x.clone()
             state = {}
@@ -98,7 +104,7 @@ class PGD(Attack):
                 loss, g, logits = self.loss_and_grad(model, x_adv, y)
                 if track:
                     best.update(x_adv, loss, self.fooled(logits, y))
-                x_adv = project(x_adv + a * self._direction(g, state), x, self.eps, self.norm)
+                x_adv = step(x_adv + a * self._direction(g, state))
             if not track:
                 return x_adv
             with torch.no_grad():

@@ -47,6 +47,8 @@ def scalar_metrics(report: Dict[str, Any]) -> Dict[str, float]:
 
 def _mean_std(values: List[float]):
     n = len(values)
+    if all(v == values[0] for v in values):
+        return values[0], 0.0
     if any(math.isinf(v) for v in values):
         return math.inf, math.nan
     mean = sum(values) / n
