@@ -5,7 +5,8 @@ Contract (docs/attacks.md): ``attack(model, x, y, generator=None) -> x_adv``
 * ``x`` is a float batch in [0, 1] (normalisation lives inside the model);
   ``x_adv`` is detached, inside the epsilon ball around ``x`` and inside [0, 1].
 * The model is put in ``eval()`` or ``train()`` mode (``model_mode``) for the
-  attack and every submodule's previous mode is restored afterwards.
+  attack and every submodule's previous mode is restored afterwards; in train mode
+  BatchNorm running statistics are restored too (an attack never changes the model).
 * Gradients are taken with ``torch.autograd.grad`` w.r.t. the input only, so the
   parameters' ``.grad`` are never touched (safe inside a training step and on
   a DeepSpeed engine's ``module``, including ZeRO-3 whose hooks gather the
@@ -123,19 +124,33 @@ def _gen_device(generator: Optional[torch.Generator], x: torch.Tensor):
 
 # ---------------------------------------------------------------- the base class
 class ModelMode:
-    """Context manager: put ``model`` in eval/train mode, restore every submodule's flag after."""
+    """Context manager: put ``model`` in eval/train mode, restore every submodule's flag after.
+
+    In train mode the forward passes of an attack would move BatchNorm running statistics
+    towards half-built adversarial batches (the GUIDE's BatchNorm trap): their buffers are
+    saved on entry and written back on exit, so an attack never changes the model."""
 
     def __init__(self, model: nn.Module, mode: str):
         self.model, self.mode = model, mode
 
     def __enter__(self):
         self.saved = [(m, m.training) for m in self.model.modules()]
+        self.bn = []
+        if self.mode == "train":
+            for m in self.model.modules():
+                if isinstance(m, nn.modules.batchnorm._NormBase) and m.track_running_stats:
+                    self.bn.append((m, {k: b.detach().clone() for k, b in m.named_buffers(recurse=False)
+                                        if b is not None}))
         self.model.train(self.mode == "train")
         return self.model
 
     def __exit__(self, *exc):
         for m, flag in self.saved:
             m.training = flag
+        with torch.no_grad():
+            for m, bufs in self.bn:
+                for k, v in bufs.items():
+                    getattr(m, k).copy_(v)
         return False
 
 

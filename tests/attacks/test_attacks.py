@@ -55,6 +55,8 @@ def test_modes_restored_and_param_grads_untouched(name, digits_model, digits_tes
     seen = []
     h = model.register_forward_hook(lambda m, i, o: seen.append(m.training))
     bn_before = model.features[1].running_mean.clone()
+    bn_count = model.features[1].num_batches_tracked.clone()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
     try:
         create_attack(name, eps=0.1, steps=3, model_mode="eval")(model, x, y)
         assert seen and not any(seen)       # attacked in eval mode
@@ -66,12 +68,16 @@ def test_modes_restored_and_param_grads_untouched(name, digits_model, digits_tes
         create_attack(name, eps=0.1, steps=3, model_mode="train")(model, x, y)
         assert seen and all(seen)
         assert [m.training for m in model.modules()] == before
+        # train-mode forwards would move BatchNorm statistics: they are restored
+        assert torch.equal(model.features[1].running_mean, bn_before)
+        assert int(model.features[1].num_batches_tracked) == int(bn_count)
     finally:
         h.remove()
         for p in model.parameters():
             p.grad = None
         model.eval()
-    model.load_state_dict(model.state_dict())
+    for k, v in model.state_dict().items():      # nothing in the model changed
+        assert torch.equal(v, state[k]), k
 
 
 @pytest.mark.parametrize("norm", ["linf", "l2"])
