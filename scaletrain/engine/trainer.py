@@ -14,7 +14,8 @@ Method extension points (all optional attributes of the method object):
                              same backward are available (Free-AT perturbation update)
   `after_step(ctx)`          runs after the optimizer step: non-gradient updates (Hebbian phases)
   `ctx.request_rollback()`   reload the newest checkpoint and continue from it (e.g. a
-                             catastrophic-overfitting guard)
+                             catastrophic-overfitting guard); with several ranks every rank must
+                             request it at the same step (decide on an all-reduced metric)
 """
 from __future__ import annotations
 
@@ -140,6 +141,8 @@ class Trainer:
                     if cfg.train.ckpt_every and eng.last_was_boundary and \
                             eng.global_step % cfg.train.ckpt_every == 0:
                         self.save_checkpoint(loader)
+                if self._bar is not None:
+                    self._bar.close()
                 self.pos = Position(si, ep + 1, 0)
                 self._end_epoch(si, ep)
             self.pos = Position(si + 1, 0, 0)
