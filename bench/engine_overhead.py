@@ -1,7 +1,7 @@
 """Engine overhead: scaletrain's engine + trainer vs a plain PyTorch loop, and ZeRO memory.
 
-1. Throughput (world size 1, CPU): the default recipe (digits CNN, batch 64, PGD-7 adversarial
-   training, Adam, cosine) on the same in-memory batches, in the same process:
+1. Throughput (world size 1, CPU): the default recipe (the schema defaults: digits CNN, PGD
+   adversarial training, Adam, cosine) on the same in-memory batches, in the same process:
      plain    a hand-written loop: attack, forward, backward, Adam step, scheduler step
      torch    scaletrain Trainer on engine.backend=torch
      ds-z0/1/2  scaletrain Trainer on DeepSpeed ZeRO 0/1/2
@@ -117,9 +117,14 @@ def throughput(steps, rounds):
             wall[name].append(w)
             cpu[name].append(c)
             print(f"round {r + 1} {name:6s} {w:7.2f} steps/s wall, {c:7.2f} steps per CPU-second", flush=True)
+    c = recipe("/tmp")
+    recipe_desc = {"model": c.model.name, "width": c.model.width, "batch": c.data.batch_size,
+                   "method": c.method.name, "attack_steps": c.method.attack.steps, "eps": c.method.attack.eps,
+                   "optim": c.optim.name, "lr": c.optim.lr, "schedule": c.optim.schedule}
+    print("recipe:", recipe_desc, flush=True)
     med_w = {k: statistics.median(v) for k, v in wall.items()}
     med_c = {k: statistics.median(v) for k, v in cpu.items()}
-    return {"steps": steps, "rounds": rounds, "steps_per_s_wall": med_w, "steps_per_cpu_s": med_c,
+    return {"recipe": recipe_desc, "steps": steps, "rounds": rounds, "steps_per_s_wall": med_w, "steps_per_cpu_s": med_c,
             "all_wall": wall, "all_cpu": cpu,
             "ratio_wall": {k: med_w[k] / med_w["plain"] for k in med_w if k != "plain"},
             "ratio_cpu": {k: med_c[k] / med_c["plain"] for k in med_c if k != "plain"}}
