@@ -27,16 +27,6 @@ model.pt, checkpoints/, wandb/). W&B is offline unless you are logged in
 (`wandb login`); tracking.wandb=false turns it off.
 """
 
-EPILOG_EVAL = """\
-examples:
-  scaletrain eval runs/default                 # re-evaluate a finished run
-  scaletrain eval runs/default/model.pt eval.eps=[0,0.1,0.2] eval.pgd_steps=50
-  scaletrain eval runs/default eval.attacks=[fgsm,pgd,apgd-ce] eval.noise_sigmas=[0.1,0.2]
-
-Writes report.json, report.md and robustness.png to RUN/eval/ (or --out).
-"""
-
-
 def split_config_and_overrides(args: Sequence[str]) -> Tuple[Optional[str], List[str]]:
     """The first argument without '=' is the config file; the rest are overrides."""
     config, overrides = None, []
@@ -66,12 +56,8 @@ def _cmd_train(ns) -> int:
 
 
 def _cmd_eval(ns) -> int:
-    from .run import evaluate_run
-    extra = [a for a in ns.overrides if "=" not in a]
-    if extra:
-        raise UserError(f"unexpected argument '{extra[0]}': overrides look like key=value")
-    evaluate_run(ns.path, ns.overrides, out_dir=ns.out, progress=not ns.no_progress)
-    return 0
+    from .evaluate.cli import eval_main
+    return eval_main(ns.rest)
 
 
 def _cmd_shards(ns) -> int:
@@ -89,7 +75,7 @@ def _cmd_launch(ns) -> int:
     return launch_main(ns.rest)
 
 
-_PASSTHROUGH = {"shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch}
+_PASSTHROUGH = {"eval": _cmd_eval, "shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,17 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(fn=_cmd_train)
 
-    e = sub.add_parser("eval", help="evaluate a trained run or checkpoint",
-                       description="Reload a run's weights and config and run the robustness suite "
-                                   "(clean, FGSM/PGD/APGD curves, noise, certification as configured).",
-                       epilog=EPILOG_EVAL, formatter_class=argparse.RawDescriptionHelpFormatter)
-    e.add_argument("path", metavar="RUN_DIR_OR_CHECKPOINT")
-    e.add_argument("overrides", nargs="*", metavar="key=value", help="overrides, e.g. eval.pgd_steps=50")
-    e.add_argument("--out", default=None, help="output folder (default: RUN_DIR/eval)")
-    e.add_argument("--no-progress", action="store_true", help="no progress bar")
-    e.set_defaults(fn=_cmd_eval)
-
     for name, fn, helptext in (
+            ("eval", _cmd_eval, "evaluate trained runs (one, or an ensemble) with the robustness suite"),
             ("shards", _cmd_shards, "write WebDataset shards from digits / IDX / npz / image folders"),
             ("export", _cmd_export, "export a run's weights as a plain fp32 state_dict"),
             ("launch", _cmd_launch, "submit a run to a Ray cluster (Ray Jobs API)")):

@@ -1,4 +1,4 @@
-"""Library entry points: `train(cfg) -> report` and `evaluate_run(path) -> report`.
+"""Library entry points: `train(cfg) -> report`, `train_worker`, `load_run`.
 
 `train` dispatches on `engine.launcher`; every rank then runs `train_worker`,
 the one function that builds data, model, method and engine, trains, saves
@@ -7,7 +7,6 @@ the final weights, evaluates and tracks. Ray Train / Tune call `train_worker`
 """
 from __future__ import annotations
 
-import json
 import os
 import time
 from pathlib import Path
@@ -212,29 +211,9 @@ def load_run(path: Union[str, Path], overrides: Sequence[str] = ()):
     if not cfg_file.exists():
         raise UserError(f"{run_dir}: config.yaml not found next to the checkpoint")
     cfg = load_config(str(cfg_file), overrides)
+    _set_cpu_threads(cfg)  # the run's thread count: conv reductions, hence numbers, depend on it
     try:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt or not a weights file
         raise UserError(f"{ckpt}: cannot be read as a weights-only state_dict ({type(e).__name__}: {e})") from None
     return cfg, state, run_dir
-
-
-def evaluate_run(path: Union[str, Path], overrides: Sequence[str] = (), out_dir: Optional[str] = None,
-                 progress: bool = True) -> Dict[str, Any]:
-    """`scaletrain eval`: reload a run's weights and config, evaluate, write the report."""
-    from .track import Tracker
-    cfg, state, run_dir = load_run(path, overrides)
-    _set_cpu_threads(cfg)
-    out = Path(out_dir) if out_dir else run_dir / "eval"
-    out.mkdir(parents=True, exist_ok=True)
-    state_file = str(out / "eval_state.json")
-    report = evaluate_checkpoint(cfg, state, progress=progress, state_file=state_file)
-    tracker = Tracker(cfg.tracking, str(out), to_dict(cfg), name=f"{run_dir.name}-eval", job_type="eval")
-    _finish_report(report, out, tracker)
-    tracker.finish()
-    return report
-
-
-def report_from_file(path: Union[str, Path]) -> Dict[str, Any]:
-    with open(path) as f:
-        return json.load(f)
