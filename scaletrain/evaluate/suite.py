@@ -282,8 +282,13 @@ def evaluate_model(model, loader, cfg, *, device="cpu", rank: int = 0, world_siz
             total = None
     bar = tqdm(total=total, desc="eval", unit="batch", disable=not progress or rank != 0, leave=False)
     t0 = time.perf_counter()
+    stream = [0, 0, 0.0]     # samples, label sum, pixel sum: every rank must read the same stream
     for b, first, x, y in rebatch(loader, cfg.batch_size, cfg.max_samples):
         bar.update(1)
+        if world_size > 1:
+            stream[0] += int(x.shape[0])
+            stream[1] += int(y.sum())
+            stream[2] += float(x.double().sum())
         if b % world_size != rank or b < st.next_batch:
             continue
         x = x.to(device=device, dtype=torch.float32)
@@ -296,19 +301,23 @@ def evaluate_model(model, loader, cfg, *, device="cpu", rank: int = 0, world_siz
             _save_state(state_file, fp, st)
     bar.close()
     st.seconds += time.perf_counter() - t0
-    states = _gather_states(st, world_size)
+    states = _gather_states(st, world_size, stream)
     return _build_report(states, cfg, cfg_dict, grid, world_size)
 
 
-def _gather_states(st: _State, world_size: int) -> List[_State]:
+def _gather_states(st: _State, world_size: int, stream) -> List[_State]:
     if world_size <= 1:
         return [st]
     import torch.distributed as dist
     if not (dist.is_available() and dist.is_initialized()):
         raise UserError(f"evaluate_model: world_size={world_size} needs torch.distributed initialised")
     out = [None] * world_size
-    dist.all_gather_object(out, st.to_json())
-    return [_State.from_json(d) for d in out]
+    dist.all_gather_object(out, {"state": st.to_json(), "stream": stream})
+    if any(o["stream"] != out[0]["stream"] for o in out):
+        raise UserError("evaluate_model: the ranks read different evaluation streams; pass every rank the "
+                        "whole, unsharded loader (e.g. eval_loader(cfg.data, 'test') without rank/world_size)"
+                        " - evaluate_model shards it itself")
+    return [_State.from_json(o["state"]) for o in out]
 
 
 # ---------------------------------------------------------------- the report

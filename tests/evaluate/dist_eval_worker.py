@@ -30,7 +30,12 @@ def main(weights, out):
     _, (x, y) = digits_split()
     x, y = x[:90], y[:90]
     loader = [(x[i:i + 25], y[i:i + 25]) for i in range(0, 90, 25)]
-    report = evaluate_model(model, loader, config(), rank=rank, world_size=world, progress=False)
+    if len(sys.argv) > 3 and sys.argv[3] == "presharded":     # the mistake the suite must catch
+        loader = loader[rank::world]
+    try:
+        report = evaluate_model(model, loader, config(), rank=rank, world_size=world, progress=False)
+    except Exception as e:
+        report = {"error": f"{type(e).__name__}: {e}", "seconds": 0, "world_size": world}
     report.pop("seconds")
     report.pop("world_size")
     with open(f"{out}.rank{rank}.json", "w") as f:

@@ -41,3 +41,14 @@ def test_two_ranks_equal_one_rank(tmp_path, digits_model):
     assert len(one["certify"]["records"]) == 6
     assert two0 == one          # identical, not approximately equal
     assert two1 == one          # every rank returns the reduced report
+
+
+@pytest.mark.dist
+def test_presharded_loader_is_rejected(tmp_path, digits_model):
+    import torch
+    weights = tmp_path / "w.pt"
+    torch.save(digits_model.state_dict(), weights)
+    run_ranks([str(weights), str(tmp_path / "bad"), "presharded"], 2)
+    for rank in range(2):
+        err = json.loads((tmp_path / f"bad.rank{rank}.json").read_text())["error"]
+        assert err.startswith("UserError") and "unsharded" in err
