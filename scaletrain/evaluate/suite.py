@@ -86,9 +86,14 @@ def _check_cfg(cfg) -> None:
         if e < 0:
             raise ConfigError(f"key 'eval.eps.{i}': epsilon must be >= 0, got {e}")
     for i, a in enumerate(cfg.attacks):
-        if a not in ATTACKS:
-            raise ConfigError(f"key 'eval.attacks.{i}': unknown attack '{a}'; available: "
+        name, _ = parse_attack_spec(a, f"eval.attacks.{i}")
+        if name not in ATTACKS:
+            raise ConfigError(f"key 'eval.attacks.{i}': unknown attack '{name}'; available: "
                               f"{', '.join(ATTACKS.names())}")
+        try:
+            build_eval_attack(a, 0.1, cfg)
+        except ConfigError as e:
+            raise ConfigError(f"key 'eval.attacks.{i}': {e}") from None
     for i, s in enumerate(cfg.noise_sigmas):
         if s < 0:
             raise ConfigError(f"key 'eval.noise_sigmas.{i}': sigma must be >= 0, got {s}")
@@ -115,16 +120,31 @@ def eps_grid(cfg) -> List[float]:
     return sorted({0.0, *[float(e) for e in cfg.eps]})
 
 
-def build_eval_attack(name: str, eps: float, cfg):
-    """The attack ``name`` at ``eps`` as the suite runs it: cfg.norm, cfg.pgd_steps,
-    cfg.pgd_alpha, cfg.restarts, cfg.model_mode, and the worst iterate per sample."""
+def parse_attack_spec(spec: str, key: str = "eval.attacks"):
+    """``"pgd"`` -> ("pgd", {}); ``"pgd:loss=cw,restarts=5"`` -> ("pgd", {"loss": "cw", "restarts": 5})."""
+    import yaml
+    name, _, rest = str(spec).partition(":")
     kw = {}
+    for item in filter(None, (t.strip() for t in rest.split(","))):
+        k, eq, v = item.partition("=")
+        if not eq or not k.strip():
+            raise ConfigError(f"key '{key}': '{spec}' - options look like name:key=value,key=value")
+        kw[k.strip()] = yaml.safe_load(v.strip())
+    return name.strip(), kw
+
+
+def build_eval_attack(spec: str, eps: float, cfg):
+    """The attack ``spec`` at ``eps`` as the suite runs it: cfg.norm, cfg.pgd_steps, cfg.pgd_alpha,
+    cfg.restarts, cfg.model_mode and the worst iterate per sample, then the spec's own options
+    (``"pgd:loss=cw,steps=50"``) on top."""
+    name, opts = parse_attack_spec(spec)
     cls = ATTACKS.get(name)
-    if "track_best" in _accepted_names(cls):
-        kw["track_best"] = True
-    steps = cfg.pgd_steps if getattr(cls, "eval_steps", True) else None
-    return create_attack(name, eps=eps, alpha=cfg.pgd_alpha, steps=steps, norm=cfg.norm,
-                         random_start=True, restarts=cfg.restarts, model_mode=cfg.model_mode, **kw)
+    kw = {"track_best": True} if "track_best" in _accepted_names(cls) else {}
+    common = dict(alpha=cfg.pgd_alpha, steps=cfg.pgd_steps if getattr(cls, "eval_steps", True) else None,
+                  norm=cfg.norm, random_start=True, restarts=cfg.restarts, model_mode=cfg.model_mode)
+    common.update({k: v for k, v in opts.items() if k in common or k in ("loss", "targeted")})
+    kw.update({k: v for k, v in opts.items() if k not in common and k not in ("loss", "targeted")})
+    return create_attack(name, eps=eps, **common, **kw)
 
 
 def _cfg_dict(cfg) -> Dict[str, Any]:
@@ -165,9 +185,12 @@ class _State:
 
 
 def _fingerprint(cfg_dict, rank, world_size, model) -> str:
-    params = sum(p.numel() for p in model.parameters())
-    return hashlib.sha256(json.dumps([cfg_dict, rank, world_size, params], sort_keys=True,
-                                     default=str).encode()).hexdigest()[:16]
+    """Config, ranks and a hash of the model's weights: a state file only resumes the same evaluation."""
+    h = hashlib.sha256(json.dumps([cfg_dict, rank, world_size], sort_keys=True, default=str).encode())
+    for k, v in model.state_dict().items():
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
 
 
 def _load_state(path, fp):
@@ -302,6 +325,8 @@ def evaluate_model(model, loader, cfg, *, device="cpu", rank: int = 0, world_siz
     bar.close()
     st.seconds += time.perf_counter() - t0
     states = _gather_states(st, world_size, stream)
+    if state_file and os.path.exists(state_file):
+        os.remove(state_file)          # finished: nothing left to resume
     return _build_report(states, cfg, cfg_dict, grid, world_size)
 
 

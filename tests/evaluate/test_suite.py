@@ -1,4 +1,5 @@
 """evaluate_model: numbers, determinism, batching independence, resume, reports."""
+import copy
 import json
 import math
 
@@ -134,10 +135,18 @@ def test_resume_from_state_file(tmp_path, base_report, digits_model, digits_eval
     finally:
         del digits_model.forward
     assert strip(resumed) == strip(base_report)
+    assert not state.exists()                     # a finished evaluation leaves no state behind
     # only the last global batch (32 samples) was evaluated again
     assert max(calls) <= 32 and sum(1 for c in calls if c > 0) < 60
+    with pytest.raises(Interrupt):
+        evaluate_model(digits_model, _interrupting(digits_eval, 2), cfg, progress=False, state_file=str(state))
     with pytest.raises(UserError, match="different evaluation"):
         evaluate_model(digits_model, digits_eval, small_cfg(pgd_steps=4), progress=False, state_file=str(state))
+    other = copy.deepcopy(digits_model)
+    with torch.no_grad():
+        other.head[-1].bias.add_(1e-3)             # other weights, same shapes
+    with pytest.raises(UserError, match="different evaluation"):
+        evaluate_model(other, digits_eval, cfg, progress=False, state_file=str(state))
 
 
 def test_config_errors(digits_model, digits_eval):
@@ -202,3 +211,15 @@ def test_deepfool_in_suite_uses_its_own_steps():
     assert build_eval_attack("pgd", 0.1, small_cfg()).steps == 3
     assert build_eval_attack("pgd", 0.1, small_cfg()).track_best
     assert create_attack("pgd", eps=0.1).track_best is False
+
+
+def test_attack_specs_with_options(digits_model, digits_eval):
+    from scaletrain.evaluate.suite import build_eval_attack, parse_attack_spec
+    assert parse_attack_spec("pgd:loss=cw,restarts=2") == ("pgd", {"loss": "cw", "restarts": 2})
+    atk = build_eval_attack("pgd:loss=cw,steps=7,schedule=cosine", 0.1, small_cfg())
+    assert (atk.loss, atk.steps, atk.schedule, atk.track_best) == ("cw", 7, "cosine", True)
+    r = evaluate_model(digits_model, digits_eval[:1], small_cfg(attacks=["pgd", "pgd:loss=cw"]), progress=False)
+    assert set(r["attacks"]) == {"pgd", "pgd:loss=cw"}
+    for bad in (["pgd:loss"], ["pgd:stepz=3"], ["pgd:loss=hinge"]):
+        with pytest.raises(ConfigError, match="eval.attacks.0"):
+            evaluate_model(digits_model, digits_eval, small_cfg(attacks=bad), progress=False)
