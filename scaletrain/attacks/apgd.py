@@ -56,7 +56,7 @@ class APGD(Attack):
     def _lg(self, model, x_adv, obj):
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(x_adv).float()
+            logits = self.forward(model, x_adv)
             loss = obj(logits)
             (g,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), g.float(), logits.detach()
@@ -107,7 +107,7 @@ class APGD(Attack):
     def _run(self, model, x, y, generator):
         out = x.clone()
         with torch.no_grad():
-            done = self.fooled(model(x).float(), y)
+            done = self.fooled(self.forward(model, x), y)
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         for _ in range(self.restarts):
             idx = (~done).nonzero().squeeze(1)
@@ -153,7 +153,7 @@ class APGDT(APGD):
     def _run(self, model, x, y, generator):
         out = x.clone()
         with torch.no_grad():
-            clean_logits = model(x).float()
+            clean_logits = self.forward(model, x)
         done = clean_logits.argmax(1) != y
         order = clean_logits.argsort(1, descending=True)
         n_t = min(self.n_target_classes, clean_logits.shape[1] - 1)

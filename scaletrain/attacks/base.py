@@ -177,8 +177,15 @@ class Attack:
         if targeted and not self.has_targeted:
             raise ConfigError(f"attack '{self.name}' has no targeted mode")
         self.eps, self.norm, self.loss, self.model_mode, self.targeted = float(eps), norm, loss, model_mode, targeted
+        self._fwd_dtype = None
 
-    # objective and its input gradient ------------------------------------
+    # forward, objective and input gradient ---------------------------------
+    def forward(self, model, x):
+        """fp32 logits of ``x``; the model is fed ``x`` in its own floating dtype (a bf16 module,
+        e.g. a DeepSpeed bf16 engine's, gets bf16 inputs; the cast is differentiable, so the
+        perturbation and its gradient stay fp32)."""
+        return model(x if self._fwd_dtype in (None, x.dtype) else x.to(self._fwd_dtype)).float()
+
     def objective(self, logits, y):
         return per_sample_loss(self.loss, logits, y, self.targeted)
 
@@ -186,7 +193,7 @@ class Attack:
         """Per-sample objective, its gradient w.r.t. x_adv (fp32) and the logits (fp32, detached)."""
         x_adv = x_adv.detach().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(x_adv).float()
+            logits = self.forward(model, x_adv)
             loss = self.objective(logits, y)
             (grad,) = torch.autograd.grad(loss.sum(), x_adv)
         return loss.detach(), grad.float(), logits.detach()
@@ -201,6 +208,7 @@ class Attack:
         if x.numel() == 0 or self.eps == 0:
             return x.detach().clone()
         x32 = x.detach().float()
+        self._fwd_dtype = _input_dtype(model, x)
         with ModelMode(model, self.model_mode):
             x_adv = self._run(model, x32, y, generator)
         return x_adv.detach().to(x.dtype)
@@ -212,6 +220,17 @@ class Attack:
         keys = ("eps", "alpha", "steps", "norm", "loss", "restarts", "model_mode", "targeted")
         args = ", ".join(f"{k}={getattr(self, k)!r}" for k in keys if hasattr(self, k))
         return f"{type(self).__name__}({args})"
+
+
+def _input_dtype(model: nn.Module, x: torch.Tensor):
+    """The dtype the model's forward expects: the caller's if it is a low-precision float, else the
+    first floating parameter's (bf16/fp16 modules), else None (feed fp32)."""
+    if x.dtype in (torch.bfloat16, torch.float16):
+        return x.dtype
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype if p.dtype in (torch.bfloat16, torch.float16) else None
+    return None
 
 
 def default_alpha(eps: float, steps: int) -> float:

@@ -45,7 +45,7 @@ class DeepFool(Attack):
         k = classes.shape[1]
         xr = x.detach().repeat(k, *([1] * (x.dim() - 1))).requires_grad_(True)
         with torch.enable_grad():
-            out = model(xr).float().view(k, x.shape[0], -1)
+            out = self.forward(model, xr).view(k, x.shape[0], -1)
             picked = out.gather(2, classes.t().unsqueeze(2)).sum()
             (g,) = torch.autograd.grad(picked, xr)
         return out[0].detach(), g.view(k, *x.shape).float()
@@ -53,7 +53,7 @@ class DeepFool(Attack):
     def _run(self, model, x, y, generator):
         r_tot = torch.zeros_like(x)
         with torch.no_grad():
-            logits0 = model(x).float()
+            logits0 = self.forward(model, x)
         # candidate classes: the label first, then the most likely other classes at the clean input
         # (all of them up to ``candidates``, as in the authors' implementation)
         others = logits0.scatter(1, y[:, None], float("-inf")).argsort(1, descending=True)

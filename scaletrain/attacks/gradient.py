@@ -108,7 +108,7 @@ class PGD(Attack):
             if not track:
                 return x_adv
             with torch.no_grad():
-                logits = model(x_adv).float()
+                logits = self.forward(model, x_adv)
                 best.update(x_adv, self.objective(logits, y), self.fooled(logits, y))
         return best.x
 

@@ -214,3 +214,22 @@ def test_works_without_batchnorm_and_on_plain_mlp():
     for name in available():
         x_adv = create_attack(name, eps=0.5, steps=5)(model, x, y, torch.Generator().manual_seed(0))
         assert x_adv.shape == x.shape
+
+
+@pytest.mark.parametrize("name", ["pgd", "apgd_ce", "apgd_t", "deepfool", "fgsm_rs"])
+def test_bf16_module(name, digits_model, digits_test):
+    """A bf16 module (e.g. a DeepSpeed bf16 engine's) is fed bf16 inputs; the perturbation stays fp32."""
+    import copy
+    model = copy.deepcopy(digits_model).to(torch.bfloat16)
+    x, y = digits_test[0][:64], digits_test[1][:64]
+    eps = float("inf") if name == "deepfool" else 0.1
+    for inp in (x, x.to(torch.bfloat16)):
+        x_adv = create_attack(name, eps=eps, steps=10, norm="linf" if name != "deepfool" else "l2")(
+            model, inp, y, torch.Generator().manual_seed(0))
+        assert x_adv.dtype == inp.dtype and x_adv.min() >= 0 and x_adv.max() <= 1
+        if eps != float("inf"):
+            assert (x_adv.float() - inp.float()).abs().max() <= eps + 1e-2
+        with torch.no_grad():
+            acc = (model(x_adv.to(torch.bfloat16)).argmax(1) == y).float().mean().item()
+            clean = (model(inp.to(torch.bfloat16)).argmax(1) == y).float().mean().item()
+        assert acc < clean - 0.2, (name, inp.dtype, clean, acc)
