@@ -52,3 +52,30 @@ def test_presharded_loader_is_rejected(tmp_path, digits_model):
     for rank in range(2):
         err = json.loads((tmp_path / f"bad.rank{rank}.json").read_text())["error"]
         assert err.startswith("UserError") and "unsharded" in err
+
+
+@pytest.mark.dist
+def test_eval_main_two_ranks_equal_one(tmp_path, digits_model):
+    """`scaletrain eval RUN --ranks 2` (spawned gloo ranks, real shards of the run's test split)
+    writes the same report as one rank."""
+    import torch
+
+    from scaletrain.config import load_config, save_config
+    from scaletrain.data import prepare
+    from scaletrain.evaluate.cli import eval_main
+    cfg = load_config(None, [f"data.root={tmp_path / 'data'}", "model.width=16", "eval.pgd_steps=2",
+                             "eval.eps=[0.0,0.1]", "eval.batch_size=64", "eval.max_samples=200",
+                             "eval.attacks=[fgsm,pgd]", "eval.noise_sigmas=[0.2]", "tracking.wandb=false"])
+    prepare(cfg.data)
+    run = tmp_path / "run"
+    run.mkdir()
+    save_config(cfg, str(run / "config.yaml"))
+    torch.save(digits_model.state_dict(), run / "model.pt")
+    assert eval_main([str(run), "--out", str(tmp_path / "one"), "--no-progress"]) == 0
+    assert eval_main([str(run), "--out", str(tmp_path / "two"), "--ranks", "2", "--no-progress"]) == 0
+    one = json.loads((tmp_path / "one" / "report.json").read_text())
+    two = json.loads((tmp_path / "two" / "report.json").read_text())
+    for r in (one, two):
+        r.pop("seconds")
+    assert two.pop("world_size") == 2 and one.pop("world_size") == 1
+    assert one["n"] == 200 and two == one
