@@ -140,3 +140,18 @@ def cleanup() -> None:
             barrier()
         finally:
             tdist.destroy_process_group()
+            _forget_deepspeed_groups()
+
+
+def _forget_deepspeed_groups() -> None:
+    """DeepSpeed caches process groups at module level (e.g. `groups._WORLD_GROUP`); after
+    the process group is destroyed those are stale, and a later engine in the same process
+    (tests, sweeps, `train` called twice) fails with "Group ... is not registered"."""
+    import sys
+    groups = sys.modules.get("deepspeed.utils.groups")
+    if groups is None:
+        return
+    for name in list(vars(groups)):
+        if name.startswith("_") and (name.endswith("_GROUP") or name.endswith("_GROUP_RANKS")):
+            value = getattr(groups, name)
+            setattr(groups, name, {} if isinstance(value, dict) else None)
