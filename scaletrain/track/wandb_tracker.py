@@ -81,17 +81,16 @@ class Tracker:
         wandb = self._wandb
         scalars = flatten_report(report, prefix)
         payload: Dict[str, Any] = dict(scalars)
-        rows = []
-        for attack, res in report.get("attacks", {}).items():
-            for e, a in zip(res["eps"], res["acc"]):
-                rows.append([attack, float(e), float(a)])
+        curves = dict(report.get("attacks", {}))
+        for extra in ("autoattack", "worst_case"):
+            if extra in report:
+                curves[extra] = report[extra]
+        rows = [[name, float(e), float(a)] for name, res in curves.items() for e, a in zip(res["eps"], res["acc"])]
         if rows:
-            table = wandb.Table(columns=["attack", "eps", "accuracy"], data=rows)
-            payload[f"{prefix}/robustness_table"] = table
-            names = list(report["attacks"])
+            payload[f"{prefix}/robustness_table"] = wandb.Table(columns=["attack", "eps", "accuracy"], data=rows)
+            names = list(curves)
             payload[f"{prefix}/robustness_curve"] = wandb.plot.line_series(
-                xs=[report["attacks"][n]["eps"] for n in names],
-                ys=[report["attacks"][n]["acc"] for n in names],
+                xs=[curves[n]["eps"] for n in names], ys=[curves[n]["acc"] for n in names],
                 keys=names, title="accuracy vs epsilon", xname="epsilon")
         self.run.log(payload, step=step)
         for k, v in scalars.items():
@@ -104,17 +103,21 @@ class Tracker:
 
 
 def flatten_report(report: Dict[str, Any], prefix: str = "eval") -> Dict[str, float]:
-    """Scalars of a robustness report as flat W&B keys, e.g. eval/pgd/acc@0.2."""
+    """Scalars of a robustness report as flat W&B keys, e.g. eval/pgd/acc@0.2, eval/worst_case/auc,
+    eval/noise/acc@0.1 (the suite's `scalar_metrics`; attack options like 'pgd:loss=cw' become
+    'pgd_loss-cw' so keys stay plain)."""
+    import math
+    from ..evaluate.ensemble import scalar_metrics
+
     out: Dict[str, float] = {}
-    for key in ("clean_acc", "robustness_score"):
-        if isinstance(report.get(key), (int, float)):
-            out[f"{prefix}/{key}"] = float(report[key])
-    for attack, res in report.get("attacks", {}).items():
-        for e, a in zip(res.get("eps", []), res.get("acc", [])):
-            out[f"{prefix}/{attack}/acc@{float(e):g}"] = float(a)
-        if isinstance(res.get("auc"), (int, float)):
-            out[f"{prefix}/{attack}/auc"] = float(res["auc"])
+    for key, value in scalar_metrics(report).items():
+        if isinstance(value, (int, float)) and math.isfinite(value):
+            out[f"{prefix}/{_plain_key(key)}"] = float(value)
     return out
+
+
+def _plain_key(key: str) -> str:
+    return key.replace(":", "_").replace(",", "_").replace("=", "-")
 
 
 def find_offline_runs(run_dir: str) -> List[str]:

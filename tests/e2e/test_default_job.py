@@ -51,6 +51,8 @@ def test_wandb_offline_run_recorded_metrics(default_run):
     assert eval_rows[0]["eval/clean_acc"] == pytest.approx(rep["clean_acc"])
     assert eval_rows[0]["eval/pgd/acc@0.2"] == pytest.approx(rep["attacks"]["pgd"]["acc"][3])
     assert eval_rows[0]["eval/robustness_score"] == pytest.approx(rep["robustness_score"])
+    assert eval_rows[0]["eval/worst_case/acc@0.2"] == pytest.approx(rep["worst_case"]["acc"][3])
+    assert "eval/critical_eps/median" in eval_rows[0]
     assert any(k.startswith("eval/robustness_table") for k in eval_rows[0])
 
 
