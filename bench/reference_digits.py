@@ -4,7 +4,7 @@ PGD adversarial training (Madry et al. 2018) of the digits CNN on sklearn digits
 with the same split sizes, then PGD-20 accuracy at an epsilon grid. Prints a
 table. Used to check the default job's numbers and to tune the recipe.
 
-    python bench/reference_digits.py [--epochs 30] [--eps 0.2] [--steps 7] [--lr 3e-3]
+    python bench/reference_digits.py [--epochs 30] [--eps 0.25] [--steps 5] [--lr 3e-3] [--threads 1]
 """
 import argparse
 import time
@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from sklearn.datasets import load_digits
 from sklearn.model_selection import train_test_split
 
-from scaletrain.config.schema import ModelConfig
+from scaletrain.config.schema import AttackConfig, ModelConfig
 from scaletrain.models import create_model
 
 
@@ -36,8 +36,8 @@ def pgd(model, x, y, eps, alpha, steps, gen):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--eps", type=float, default=0.2)
-    ap.add_argument("--steps", type=int, default=7)
+    ap.add_argument("--eps", type=float, default=AttackConfig.eps)
+    ap.add_argument("--steps", type=int, default=AttackConfig.steps)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--width", type=int, default=ModelConfig.width)
