@@ -41,70 +41,70 @@ class DataConfig:
     mode: str = "exact"            # exact | resampled (training stream)
     epoch_size: Optional[int] = None   # samples per epoch in resampled mode (None = dataset size)
     on_error: str = "raise"        # raise | skip (corrupt shards)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig) # training-time augmentation
 
 
 @dataclass
 class ModelConfig:
-    name: str = "digits_cnn"
-    num_classes: int = 10
-    in_channels: int = 1
-    image_size: int = 8
+    name: str = "digits_cnn"       # registered model: digits_cnn, mlp, wide_mlp
+    num_classes: int = 10          # output classes (>= classes in the data)
+    in_channels: int = 1           # image channels (must match the data)
+    image_size: int = 8            # input side in pixels (for models that need it)
     width: int = 16                # channels of the first conv (model-specific width knob)
     # normalisation lives inside the model: attacks work in [0, 1] pixel space
-    mean: List[float] = field(default_factory=lambda: [0.0])
-    std: List[float] = field(default_factory=lambda: [1.0])
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    mean: List[float] = field(default_factory=lambda: [0.0]) # per-channel mean subtracted inside the model
+    std: List[float] = field(default_factory=lambda: [1.0]) # per-channel std divided inside the model
+    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}
 
 
 @dataclass
 class AttackConfig:
     name: str = "pgd"              # see scaletrain.attacks.available()
-    eps: float = 0.25
+    eps: float = 0.25              # perturbation budget in [0, 1] pixel units
     alpha: Optional[float] = None  # step size (None = attack default, e.g. 2.5*eps/steps)
-    steps: int = 5
+    steps: int = 5                 # attack iterations
     norm: str = "linf"             # linf | l2
-    random_start: bool = True
-    restarts: int = 1
+    random_start: bool = True      # start from a uniform point in the eps ball
+    restarts: int = 1              # random restarts, worst case per sample kept
     loss: str = "ce"               # ce | cw
     model_mode: str = "eval"       # eval | train: the mode the model is in while attacked
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # attack-specific options (docs/attacks.md)
 
 
 @dataclass
 class MethodConfig:
     name: str = "pgd_at"           # standard | pgd_at | ... (scaletrain.methods.available())
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    attack: AttackConfig = field(default_factory=AttackConfig) # the inner attack for adversarial methods
+    kwargs: Dict[str, Any] = field(default_factory=dict) # method options, e.g. pgd_at: clean_fraction, label_smoothing
 
 
 @dataclass
 class OptimConfig:
     name: str = "adam"             # sgd | adam | adamw | (registered client optimizers)
-    lr: float = 3.0e-3
-    momentum: float = 0.9
-    weight_decay: float = 0.0
-    betas: List[float] = field(default_factory=lambda: [0.9, 0.999])
+    lr: float = 3.0e-3             # peak learning rate
+    momentum: float = 0.9          # SGD momentum
+    weight_decay: float = 0.0      # L2 / decoupled weight decay
+    betas: List[float] = field(default_factory=lambda: [0.9, 0.999]) # Adam betas
     schedule: str = "cosine"       # constant | cosine | linear | onecycle
-    warmup_steps: int = 0
-    kwargs: Dict[str, Any] = field(default_factory=dict)
+    warmup_steps: int = 0          # linear warm-up optimizer steps
+    kwargs: Dict[str, Any] = field(default_factory=dict) # schedule/optimizer extras: pct_start, div_factor, final_div_factor, min_lr
 
 
 @dataclass
 class EngineConfig:
     backend: str = "deepspeed"     # deepspeed | torch (plain PyTorch loop, reference)
     launcher: str = "local"        # local | torchrun | ray
-    workers: int = 1
-    gpus_per_worker: float = 0.0
-    cpus_per_worker: float = 1.0
+    workers: int = 1               # ranks (Ray workers or torchrun processes)
+    gpus_per_worker: float = 0.0   # GPUs per Ray worker (0 = CPU)
+    cpus_per_worker: float = 1.0   # logical CPUs per Ray worker
     device: str = "auto"           # auto | cpu | cuda
     cpu_threads: int = 1           # torch threads per rank on CPU (0 = cores / local ranks); see docs/engine.md
-    zero_stage: int = 0
+    zero_stage: int = 0            # DeepSpeed ZeRO stage 0-3
     precision: str = "fp32"        # fp32 | bf16 | fp16
-    grad_accum: int = 1
-    grad_clip: float = 0.0
+    grad_accum: int = 1            # micro-batches per optimizer step
+    grad_clip: float = 0.0         # max gradient norm (0 = off)
     global_batch_size: Optional[int] = None  # None = batch_size * workers * grad_accum
-    ray_address: Optional[str] = None
+    ray_address: Optional[str] = None # existing Ray cluster (else RAY_ADDRESS, else a local one)
     max_failures: int = 0          # Ray Train: restarts from the last checkpoint after a worker dies
     ray_storage: Optional[str] = None  # Ray Train storage_path (shared FS / s3://; None = <run_dir>/ray)
     dist_backend: Optional[str] = None  # None = nccl on GPU, gloo on CPU
@@ -114,49 +114,49 @@ class EngineConfig:
 @dataclass
 class StageConfig:
     """One stage of a multi-stage recipe (AdvXL-style). Unset fields inherit."""
-    name: str = ""
-    epochs: Optional[int] = None
-    lr: Optional[float] = None
-    image_size: Optional[int] = None
-    method: Optional[MethodConfig] = None
+    name: str = ""                 # stage name in logs
+    epochs: Optional[int] = None   # epochs of this stage (None = train.epochs)
+    lr: Optional[float] = None     # peak lr of this stage (None = optim.lr)
+    image_size: Optional[int] = None # resize inputs for this stage (None = native)
+    method: Optional[MethodConfig] = None # method of this stage (None = the run's method)
 
 
 @dataclass
 class TrainConfig:
-    epochs: int = 30
+    epochs: int = 30               # epochs of the single implicit stage
     log_every: int = 10            # steps between metric logs
     ckpt_every: int = 0            # steps between checkpoints (0 = stage ends only)
-    keep_last: int = 2
+    keep_last: int = 2             # checkpoints kept
     eval_every_epochs: int = 0     # quick clean eval during training (0 = off)
-    progress: bool = True
+    progress: bool = True          # tqdm progress bar on rank 0
 
 
 @dataclass
 class EvalConfig:
-    attacks: List[str] = field(default_factory=lambda: ["fgsm", "pgd"])
-    eps: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3])
-    norm: str = "linf"
-    pgd_steps: int = 20
-    pgd_alpha: Optional[float] = None
-    restarts: int = 1
-    model_mode: str = "eval"
-    max_samples: Optional[int] = None
-    batch_size: int = 512
-    noise_sigmas: List[float] = field(default_factory=list)
+    attacks: List[str] = field(default_factory=lambda: ["fgsm", "pgd"]) # attacks to run; options allowed, e.g. 'pgd:loss=cw,restarts=5'
+    eps: List[float] = field(default_factory=lambda: [0.0, 0.05, 0.1, 0.2, 0.3]) # epsilon grid of the robustness curve
+    norm: str = "linf"             # threat model of the grid
+    pgd_steps: int = 20            # iterations of PGD (and BIM/MIM) in the evaluation
+    pgd_alpha: Optional[float] = None # PGD step (None = 2.5 eps / steps)
+    restarts: int = 1              # random restarts per attack
+    model_mode: str = "eval"       # mode of the model while attacked
+    max_samples: Optional[int] = None # evaluate only the first N test samples
+    batch_size: int = 512          # evaluation batch size
+    noise_sigmas: List[float] = field(default_factory=list) # Gaussian-noise accuracy at these sigmas (corruption measure)
     autoattack: bool = False       # APGD-CE + APGD-T preset (reported separately as report["autoattack"])
     autoattack_steps: int = 100    # iterations per APGD run of the preset
     certify: Dict[str, Any] = field(default_factory=dict)  # {sigma, n0, n, alpha, radii, max_samples}
-    seed: int = 0
+    seed: int = 0                  # seed of attack starts, noise and certification
 
 
 @dataclass
 class TrackConfig:
-    wandb: bool = True
+    wandb: bool = True             # log to Weights & Biases (local files are always written)
     mode: str = "auto"             # auto (online if logged in, else offline) | offline | online
-    project: str = "scaletrain"
-    entity: Optional[str] = None
-    group: Optional[str] = None
-    tags: List[str] = field(default_factory=list)
+    project: str = "scaletrain"    # W&B project
+    entity: Optional[str] = None   # W&B entity (team or user)
+    group: Optional[str] = None    # W&B group (e.g. a sweep or an ensemble)
+    tags: List[str] = field(default_factory=list)  # W&B tags
 
 
 @dataclass
@@ -165,12 +165,12 @@ class ExperimentConfig:
     seed: int = 0                  # seeds model init, attack starts and the trainer RNG
     out_dir: str = "runs"          # parent folder of run folders
     resume: str = "never"          # never | auto | <path to checkpoint>
-    data: DataConfig = field(default_factory=DataConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    method: MethodConfig = field(default_factory=MethodConfig)
-    optim: OptimConfig = field(default_factory=OptimConfig)
-    engine: EngineConfig = field(default_factory=EngineConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    stages: List[StageConfig] = field(default_factory=list)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackConfig = field(default_factory=TrackConfig)
+    data: DataConfig = field(default_factory=DataConfig) # shards to write/read, batch sizes, loaders (docs/data.md)
+    model: ModelConfig = field(default_factory=ModelConfig) # which registered model
+    method: MethodConfig = field(default_factory=MethodConfig) # robust-training method (docs/methods.md)
+    optim: OptimConfig = field(default_factory=OptimConfig) # optimizer and lr schedule
+    engine: EngineConfig = field(default_factory=EngineConfig) # DeepSpeed/PyTorch engine, launcher, precision (docs/engine.md)
+    train: TrainConfig = field(default_factory=TrainConfig) # epochs, logging, checkpoints
+    stages: List[StageConfig] = field(default_factory=list) # multi-stage recipe; empty = one stage from train/method
+    eval: EvalConfig = field(default_factory=EvalConfig) # robustness suite run after training and by `scaletrain eval` (docs/evaluation.md)
+    tracking: TrackConfig = field(default_factory=TrackConfig) # W&B
