@@ -167,25 +167,20 @@ def _shared_run_dir(cfg: DictConfig, dist) -> Path:
 
 
 def evaluate_checkpoint(cfg: DictConfig, state_dict, *, progress: bool = True,
-                        rank: int = 0, world_size: int = 1, state_file: Optional[str] = None) -> Dict[str, Any]:
-    """Evaluate weights on the test split with a fresh model (the same path `scaletrain eval` takes,
-    so both give identical numbers)."""
+                        state_file: Optional[str] = None) -> Dict[str, Any]:
+    """Evaluate weights on the test split with a fresh model, through the same path as
+    `scaletrain eval` (evaluate/cli.py), so both give identical numbers. One process:
+    sharded evaluation is `scaletrain eval --ranks N`."""
     import torch
 
     from .data import eval_loader
     from .evaluate import evaluate_model
-    from .models import create_model
+    from .models import model_from_state
 
-    model = create_model(cfg.model)
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        raise UserError(f"checkpoint does not fit model '{cfg.model.name}': missing {list(missing)[:3]}, "
-                        f"unexpected {list(unexpected)[:3]}")
-    model.eval()
-    loader = eval_loader(cfg.data, "test", rank=rank, world_size=world_size, batch_size=cfg.eval.batch_size)
+    model = model_from_state(cfg.model, state_dict)
+    loader = eval_loader(cfg.data, "test", batch_size=cfg.eval.batch_size)
     with torch.random.fork_rng(devices=[]):
-        return evaluate_model(model, loader, cfg.eval, device="cpu", rank=rank, world_size=world_size,
-                              progress=progress, state_file=state_file)
+        return evaluate_model(model, loader, cfg.eval, device="cpu", progress=progress, state_file=state_file)
 
 
 def _finish_report(report: Dict[str, Any], out_dir: Path, tracker, step: Optional[int] = None) -> None:

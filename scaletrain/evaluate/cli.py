@@ -44,20 +44,12 @@ def _split(args: Sequence[str]):
 
 
 def _load(paths, overrides):
-    import torch
-
-    from ..models import create_model
+    from ..models import model_from_state
     from ..run import load_run
     runs = []
     for p in paths:
         cfg, state, run_dir = load_run(p, overrides)
-        model = create_model(cfg.model)
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{p}: checkpoint does not fit model '{cfg.model.name}' "
-                            f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
-        model.eval()
-        runs.append((cfg, model, run_dir))
+        runs.append((cfg, model_from_state(cfg.model, state, source=str(p)), run_dir))
     return runs
 
 

@@ -14,9 +14,21 @@ def create_model(cfg):
     return MODELS.create(cfg.name, **kw)
 
 
+def model_from_state(cfg, state_dict, source: str = "checkpoint"):
+    """A fresh model of `cfg` (a ModelConfig) with `state_dict` loaded, in eval mode.
+    A state that does not fit the model is a user error naming `source`."""
+    from ..errors import UserError
+    model = create_model(cfg)
+    missing, unexpected = model.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        raise UserError(f"{source}: checkpoint does not fit model '{cfg.name}' "
+                        f"(missing {list(missing)[:3]}, unexpected {list(unexpected)[:3]})")
+    return model.eval()
+
+
 def available():
     from . import cnn  # noqa: F401
     return MODELS.names()
 
 
-__all__ = ["create_model", "register_model", "available", "MODELS"]
+__all__ = ["create_model", "model_from_state", "register_model", "available", "MODELS"]
