@@ -51,6 +51,9 @@ def train(cfg: ConfigLike) -> Dict[str, Any]:
     if launcher == "ray":
         from .orchestrate.ray_train import run_with_ray
         return run_with_ray(cfg)
+    if launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
+        raise ConfigError("key 'engine.launcher': 'torchrun' means the ranks are started by torchrun: "
+                          "torchrun --nproc-per-node=N -m scaletrain.cli train ... (docs/launch.md)")
     if launcher == "local" and cfg.engine.workers > 1 and "WORLD_SIZE" not in os.environ:
         raise ConfigError("key 'engine.workers': the local launcher runs one process; use "
                           "engine.launcher=ray, or start ranks with torchrun (see docs/launch.md)")

@@ -37,3 +37,11 @@ def test_console_script_help_and_exit_code(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "scaletrain.cli", "train", "optim.lr=fast"],
                          capture_output=True, text=True, cwd=tmp_path)
     assert bad.returncode == 2 and "'optim.lr'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_launcher_misuse_is_a_user_error(capsys, monkeypatch):
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    assert main(["train", "engine.launcher=torchrun"]) == 2
+    assert "torchrun --nproc-per-node" in capsys.readouterr().err
+    assert main(["train", "engine.workers=2"]) == 2
+    assert "'engine.workers'" in capsys.readouterr().err
