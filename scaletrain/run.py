@@ -20,14 +20,6 @@ from .errors import ConfigError, UserError
 ConfigLike = Union[DictConfig, Dict[str, Any]]
 
 
-def ensure_accelerator_env() -> None:
-    """DeepSpeed picks its accelerator at import: say 'cpu' when there is no GPU."""
-    if "DS_ACCELERATOR" not in os.environ:
-        import torch
-        if not torch.cuda.is_available():
-            os.environ["DS_ACCELERATOR"] = "cpu"
-
-
 def _as_config(cfg: ConfigLike) -> DictConfig:
     return cfg if isinstance(cfg, DictConfig) else config_from_dict(cfg)
 
@@ -76,7 +68,7 @@ class _DataSource:
 
 
 def _check_model_matches_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
-    c, h, _w = info["image_shape"]
+    c = info["image_shape"][0]
     if cfg.model.in_channels != c:
         raise ConfigError(f"key 'model.in_channels': {cfg.model.in_channels}, but the data has {c} channel(s)")
     if cfg.model.num_classes < info["num_classes"]:
@@ -87,7 +79,6 @@ def _check_model_matches_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
 def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                  hooks: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """One rank of a training run (local process, torchrun rank or Ray worker)."""
-    ensure_accelerator_env()
     import torch
 
     from .data import dataset_info, prepare
@@ -105,7 +96,7 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
             run_dir.mkdir(parents=True, exist_ok=True)
             save_config(cfg, str(run_dir / "config.yaml"))
             prepare(cfg.data, progress=cfg.train.progress)
-        _barrier(dist)
+        dist.barrier()  # the shards exist before any rank reads them
         info = dataset_info(cfg.data)
         _check_model_matches_data(cfg, info)
 
@@ -151,12 +142,6 @@ def _set_cpu_threads(cfg, device_type: str = "cpu", local_ranks: int = 1) -> Non
         local = int(os.environ.get("LOCAL_WORLD_SIZE", local_ranks))
         n = max(1, (os.cpu_count() or 1) // max(local, 1))
     torch.set_num_threads(n)
-
-
-def _barrier(dist) -> None:
-    from .engine import barrier
-    if dist.world_size > 1:
-        barrier()
 
 
 def _shared_run_dir(cfg: DictConfig, dist) -> Path:
