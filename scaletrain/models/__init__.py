@@ -7,7 +7,7 @@ register_model = MODELS.register
 
 def create_model(cfg):
     """Build the model named by a `ModelConfig` (section `model`)."""
-    from . import cnn  # noqa: F401  (registers the built-in models)
+    from . import cnn, vit  # noqa: F401  (registers the built-in models)
     kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, image_size=cfg.image_size,
               width=cfg.width, mean=list(cfg.mean), std=list(cfg.std))
     kw.update(dict(cfg.kwargs))
@@ -27,7 +27,7 @@ def model_from_state(cfg, state_dict, source: str = "checkpoint"):
 
 
 def available():
-    from . import cnn  # noqa: F401
+    from . import cnn, vit  # noqa: F401
     return MODELS.names()
 
 
