@@ -120,6 +120,8 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "global_step": history.get("global_step"),
                                "final": history.get("train", {}), "best": history.get("best", {}),
                                "resumed_from": history.get("resumed_from")}
+            if history.get("stages_detail"):
+                report["stages"] = history["stages_detail"]  # per stage: time, samples, attack compute
             _finish_report(report, run_dir, tracker, step=engine.global_step)
         tracker.finish()
         return report

@@ -14,6 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
 from .schema import ExperimentConfig
+from .stages import check_stage_keys
 from .validate import validate
 
 
@@ -77,13 +78,16 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
     """Return a validated, structured `DictConfig` of `ExperimentConfig`."""
     cfg = OmegaConf.structured(ExperimentConfig)
     if path:
+        data = _read_yaml(path)
+        check_stage_keys(data, path)
         try:
-            cfg = OmegaConf.merge(cfg, _read_yaml(path))
+            cfg = OmegaConf.merge(cfg, data)
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, path)) from None
     overrides = list(overrides)
     if overrides:
         dotlist = _parse_overrides(overrides)
+        check_stage_keys(dotlist, "override")
         for o in overrides:
             _check_key_exists(cfg, o.split("=", 1)[0])
         try:

@@ -113,12 +113,19 @@ class EngineConfig:
 
 @dataclass
 class StageConfig:
-    """One stage of a multi-stage recipe (AdvXL-style). Unset fields inherit."""
-    name: str = ""                 # stage name in logs
-    epochs: Optional[int] = None   # epochs of this stage (None = train.epochs)
+    """One stage of a multi-stage recipe (AdvXL-style weak-then-strong). Unset fields inherit
+    from the run; model weights always carry over (docs/recipes.md)."""
+    name: str = ""                 # stage name in logs, W&B keys and the report (default stage<i>)
+    epochs: Optional[int] = None   # length in epochs (None = train.epochs, unless samples is set)
+    samples: Optional[int] = None  # length in training samples seen, all ranks together (overrides epochs)
+    image_size: Optional[int] = None # input side of this stage's training batches (None = native)
+    token_keep: Optional[float] = None # ViTs: fraction of patch tokens kept in training (None/1.0 = all)
+    token_mask: str = "random"     # ViTs: which tokens are kept: random | block (AdvXL's options)
     lr: Optional[float] = None     # peak lr of this stage (None = optim.lr)
-    image_size: Optional[int] = None # resize inputs for this stage (None = native)
-    method: Optional[MethodConfig] = None # method of this stage (None = the run's method)
+    schedule: Optional[str] = None # lr schedule of this stage (None = optim.schedule)
+    warmup_steps: Optional[int] = None # warm-up optimizer steps of this stage (None = optim.warmup_steps)
+    optimizer_state: str = "carry" # carry (keep momenta/moments from the previous stage) | reset
+    method: Optional[Dict[str, Any]] = None # partial method section merged over the run's `method` (None = same)
 
 
 @dataclass

@@ -73,3 +73,5 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("key 'model.std': every entry must be > 0")
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    from .stages import validate_stages
+    validate_stages(cfg)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 
@@ -64,6 +64,8 @@ class Segment:
     """One stage's share of the schedule: `steps` optimizer steps at peak `lr`."""
     steps: int
     lr: float
+    kind: Optional[str] = None      # this stage's schedule (None = the schedule's kind)
+    warmup: Optional[int] = None    # this stage's warm-up steps (None = the schedule's)
 
 
 def _anneal(start: float, end: float, pct: float) -> float:
@@ -103,19 +105,21 @@ class LRSchedule:
         i, s = self.locate(step)
         seg = self.segments[i]
         base, n = seg.lr, max(seg.steps, 1)
-        if self.kind == "onecycle":  # same phase arithmetic as torch's OneCycleLR
-            up_end = (self.warmup if self.warmup > 0 else self.pct_start * n) - 1
+        kind = seg.kind or self.kind
+        warmup = self.warmup if seg.warmup is None else int(seg.warmup)
+        if kind == "onecycle":  # same phase arithmetic as torch's OneCycleLR
+            up_end = (warmup if warmup > 0 else self.pct_start * n) - 1
             lo, end = base / self.div, base / (self.div * self.final_div)
             if s <= up_end:
                 return _anneal(lo, base, s / up_end if up_end > 0 else 1.0)
             return _anneal(base, end, (s - up_end) / max(n - 1 - up_end, 1e-12))
-        if s < self.warmup:
-            return base * (s + 1) / (self.warmup + 1)
-        t = (s - self.warmup) / max(n - self.warmup, 1)
-        if self.kind == "constant":
+        if s < warmup:
+            return base * (s + 1) / (warmup + 1)
+        t = (s - warmup) / max(n - warmup, 1)
+        if kind == "constant":
             return base
-        if self.kind == "cosine":
+        if kind == "cosine":
             return self.min_lr + (base - self.min_lr) * 0.5 * (1 + math.cos(math.pi * t))
-        if self.kind == "linear":
+        if kind == "linear":
             return self.min_lr + (base - self.min_lr) * (1 - t)
-        raise ValueError(f"unknown schedule {self.kind}")
+        raise ValueError(f"unknown schedule {kind}")

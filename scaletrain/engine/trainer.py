@@ -32,25 +32,7 @@ from . import dist as D
 from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
-
-
-@dataclass
-class Stage:
-    index: int
-    name: str
-    epochs: int
-    lr: float
-    image_size: Optional[int] = None
-    method: Any = None               # a MethodConfig, or None = the run's method
-
-
-def plan_stages(cfg) -> List[Stage]:
-    """`cfg.stages`, unset fields inherited from the run; else one stage from `train.epochs`."""
-    if not cfg.stages:
-        return [Stage(0, "main", int(cfg.train.epochs), float(cfg.optim.lr))]
-    return [Stage(i, s.name or f"stage{i}", int(s.epochs if s.epochs is not None else cfg.train.epochs),
-                  float(s.lr if s.lr is not None else cfg.optim.lr), s.image_size, s.method)
-            for i, s in enumerate(cfg.stages)]
+from .stages import Stage, StageRuntime, plan_stages, resolve_lengths  # noqa: F401 (Stage re-exported)
 
 
 @dataclass
@@ -91,6 +73,7 @@ class Trainer:
         self.hooks = list(hooks) if hooks is not None else active_hooks()
         self.method_factory, self.eval_fn = method_factory, eval_fn
         self.stages = plan_stages(cfg)
+        self.stage_rt = StageRuntime(cfg, engine, self.stages)
         self.ckpt = CheckpointManager(os.path.join(self.run_dir, "checkpoints"), cfg.train.keep_last)
         self.pos = Position()
         self.best: Dict[str, float] = {}
@@ -131,12 +114,18 @@ class Trainer:
         eng, cfg = self.engine, self.cfg
         for si in range(self.pos.stage, len(self.stages)):
             stage, method = self.stages[si], self._method(si)
+            self.stage_rt.enter(si, fresh=self.pos.epoch == 0 and self.pos.batch == 0)
             for ep in range(self.pos.epoch, stage.epochs):
                 loader = self.data.train_loader(self._data_epoch(si, ep), si)
+                limit = stage.batches(ep, None)  # a stage measured in samples cuts its last epoch
                 batches = self._resume_iterator(loader)
                 eng.train()
                 for x, y in self._progress(batches, si, ep, loader):
+                    if limit is not None and self.pos.batch >= limit:
+                        break
+                    self.stage_rt.before_batch(si, x)
                     self._train_step(method, x, y, si, ep)
+                    self.stage_rt.after_batch(si, x.shape[0], int(getattr(method, "replays", 1)))
                     self.pos.batch += 1
                     if cfg.train.ckpt_every and eng.last_was_boundary and \
                             eng.global_step % cfg.train.ckpt_every == 0:
@@ -145,6 +134,7 @@ class Trainer:
                     self._bar.close()
                 self.pos = Position(si, ep + 1, 0)
                 self._end_epoch(si, ep)
+            self.stage_rt.leave(si)
             self.pos = Position(si + 1, 0, 0)
             self.save_checkpoint(None)
 
@@ -199,6 +189,8 @@ class Trainer:
                 f.write(json.dumps(row) + "\n")
             if self.tracker is not None:
                 self.tracker.log({f"train/{k}": v for k, v in row.items() if k != "step"}, step=row["step"])
+                self.tracker.log(dict({f"{self.stages[si].name}/{k}": row[k] for k in ("loss", "acc", "lr")},
+                                      **self.stage_rt.log_row(si)), step=row["step"])
             if self._bar is not None:
                 self._bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['acc']:.3f}", lr=f"{lr:.2e}")
         call(self.hooks, "on_log", self, row, row["step"])
@@ -226,7 +218,7 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, loader=None) -> str:
-        rank_state = {"rng": rng_state(), "loader": None}
+        rank_state = {"rng": rng_state(), "loader": None, "stages": self.stage_rt.state_dict()}
         if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
             rank_state["loader"] = loader.state_dict()
         meta = {"step": self.engine.global_step, "micro_step": self.engine.micro_step,
@@ -247,6 +239,7 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
         self.last_checkpoint = self.resumed_from = path
         self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
+        self.stage_rt.load_state_dict(rank_state.get("stages"))
         self._meter = self._new_meter()
         set_rng_state(self._pending_rng)
         self._truncate_log(meta["step"])
@@ -320,13 +313,17 @@ class Trainer:
 
     def _set_schedule(self) -> None:
         o, ga = self.cfg.optim, self.engine.grad_accum
+        resolve_lengths(self.stages, int(self.cfg.data.batch_size), self.engine.world_size,
+                        self.steps_per_epoch)
         segments = []
         for s in self.stages:
             n = self.steps_per_epoch(s.index)
             if n is None:  # unknown length: the schedule cannot be laid out; keep the peak lr
                 segments = None
                 break
-            segments.append(Segment(steps=max(-(-n * s.epochs // ga), 1), lr=s.lr))
+            micro = sum(s.batches(e, n) for e in range(s.epochs))
+            segments.append(Segment(steps=max(-(-micro // ga), 1), lr=s.lr, kind=s.schedule,
+                                    warmup=s.warmup_steps))
         kind = o.schedule if segments is not None else "constant"
         if segments is None:
             segments = [Segment(steps=1, lr=s.lr) for s in self.stages]
@@ -345,4 +342,5 @@ class Trainer:
         return {"global_step": self.engine.global_step, "stages": len(self.stages),
                 "train": dict(self.last_metrics), "best": dict(self.best), "model_path": model_path,
                 "checkpoint": self.last_checkpoint, "resumed_from": self.resumed_from,
-                "rollbacks": self.rollbacks, "time_s": elapsed, "world_size": self.engine.world_size}
+                "rollbacks": self.rollbacks, "time_s": elapsed, "world_size": self.engine.world_size,
+                "stages_detail": self.stage_rt.summary()}

@@ -76,11 +76,26 @@ def _md_ensemble(report) -> List[str]:
     return lines
 
 
+def _md_stages(stages) -> List[str]:
+    """Per-stage table of a multi-stage run (engine/stages.py): what ran, time and compute."""
+    lines = ["## Training stages", "",
+             "| stage | method | attack | eps | steps | side | tokens | epochs | samples | time (s) | "
+             "attack fwd+bwd | attack GFLOPs | total GFLOPs |", "|---|---|---|---:|" + "---:|" * 9]
+    for s in stages:
+        lines.append(f"| {s['name']} | {s['method']} | {s['attack']} | {s['attack_eps']:g} | {s['attack_steps']} | "
+                     f"{s['image_size']} | {s['token_keep']:g} ({s['token_mask']}) | {s['epochs']} | {s['samples']} | "
+                     f"{s['seconds']:.1f} | {s['attack_fwd_bwd_passes']} | {s['attack_gflops']:.4g} | "
+                     f"{s['total_gflops']:.4g} |")
+    return lines + [""]
+
+
 def to_markdown(report: Dict[str, Any]) -> str:
     if "members" in report:
         body = _md_ensemble(report)
     else:
         body = _md_single(report, "Results")
+    if report.get("stages"):
+        body += _md_stages(report["stages"])
     return "\n".join(["# Robustness report", ""] + body)
 
 
@@ -172,4 +187,9 @@ def format_table(report: Dict[str, Any]) -> str:
     if "members" in report:
         extra.append(f"ensemble of {len(report['members'])}: member robustness score "
                      f"{report['mean']['robustness_score']:.3f} +/- {report['std']['robustness_score']:.3f}")
+    for st in report.get("stages") or []:
+        extra.append(f"stage {st['name']}: {st['method']}/{st['attack']} eps={st['attack_eps']:g} "
+                     f"steps={st['attack_steps']} side={st['image_size']} tokens={st['token_keep']:g} "
+                     f"samples={st['samples']} time={st['seconds']:.1f}s attack fwd+bwd={st['attack_fwd_bwd_passes']} "
+                     f"({st['attack_gflops']:.3g} GFLOPs)")
     return "\n".join([tail] + rows + extra)
