@@ -71,5 +71,9 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("keys 'model.mean' and 'model.std' must have the same length")
     if any(s <= 0 for s in cfg.model.std):
         raise ConfigError("key 'model.std': every entry must be > 0")
+    if cfg.model.width is not None and cfg.model.width <= 0:
+        raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
+    from ..models import check_config as check_model_config  # imports torch: only when validating
+    check_model_config(cfg.model)
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")

@@ -1,39 +1,24 @@
 """Small plain-PyTorch classifiers for digits / MNIST-size images."""
 from __future__ import annotations
 
-from typing import Sequence
-
-import torch
 from torch import nn
 
 from . import register_model
+from .common import Normalize, ZooModel  # noqa: F401  (Normalize re-exported for old imports)
 
 
-class Normalize(nn.Module):
-    """(x - mean) / std per channel, as buffers, so attacks can work in [0, 1]."""
-
-    def __init__(self, mean: Sequence[float], std: Sequence[float], channels: int):
-        super().__init__()
-        mean = list(mean) * channels if len(mean) == 1 else list(mean)
-        std = list(std) * channels if len(std) == 1 else list(std)
-        self.register_buffer("mean", torch.tensor(mean).view(1, -1, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(std).view(1, -1, 1, 1), persistent=False)
-
-    def forward(self, x):
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-
-
-class DigitsCNN(nn.Module):
+class DigitsCNN(ZooModel):
     """Two 3x3 conv blocks (conv-BN-ReLU) + max-pool + a linear head.
 
     Sized for 8x8 digits and 28x28 MNIST alike (adaptive pooling before the head).
     """
 
-    def __init__(self, num_classes=10, in_channels=1, image_size=8, width=32, mean=(0.0,), std=(1.0,),
+    min_image_size = 2
+
+    def __init__(self, num_classes=10, in_channels=1, image_size=8, width=16, mean=(0.0,), std=(1.0,),
                  batchnorm: bool = True, hidden: int = 128):
-        super().__init__()
+        super().__init__(in_channels, image_size, mean, std)
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
-        self.normalize = Normalize(mean, std, in_channels)
         self.features = nn.Sequential(
             nn.Conv2d(in_channels, width, 3, padding=1), norm(width), nn.ReLU(inplace=True),
             nn.Conv2d(width, 2 * width, 3, padding=1), norm(2 * width), nn.ReLU(inplace=True),
@@ -47,11 +32,14 @@ class DigitsCNN(nn.Module):
         return self.head(self.features(self.normalize(x)))
 
 
-class MLP(nn.Module):
-    def __init__(self, num_classes=10, in_channels=1, image_size=8, width=256, mean=(0.0,), std=(1.0,),
+class MLP(ZooModel):
+    """Flatten, `depth` hidden layers of `width` units with ReLU, a linear head (sized for `image_size`)."""
+
+    fixed_image_size = True
+
+    def __init__(self, num_classes=10, in_channels=1, image_size=8, width=16, mean=(0.0,), std=(1.0,),
                  depth: int = 2):
-        super().__init__()
-        self.normalize = Normalize(mean, std, in_channels)
+        super().__init__(in_channels, image_size, mean, std)
         layers, d = [nn.Flatten()], in_channels * image_size * image_size
         for _ in range(depth):
             layers += [nn.Linear(d, width), nn.ReLU(inplace=True)]
