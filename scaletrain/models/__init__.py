@@ -18,6 +18,10 @@ _BUILTIN = (
     "cnn",
     "mnist_small",
     "resnet",
+    "ode",
+    "resnet_ode",
+    "sde",
+    "deq",
 )
 _COMMON = ("num_classes", "in_channels", "image_size", "width", "mean", "std")
 
