@@ -11,7 +11,15 @@ def create_model(cfg):
     kw = dict(num_classes=cfg.num_classes, in_channels=cfg.in_channels, image_size=cfg.image_size,
               width=cfg.width, mean=list(cfg.mean), std=list(cfg.std))
     kw.update(dict(cfg.kwargs))
-    return MODELS.create(cfg.name, **kw)
+    model = MODELS.create(cfg.name, **kw)
+    # generic model options, applied to any registered model (docs/methods.md)
+    if getattr(cfg, "vib_dim", 0):
+        from .vib import apply_vib
+        apply_vib(model, int(cfg.vib_dim))
+    if getattr(cfg, "pni", "off") != "off":
+        from .pni import apply_pni
+        apply_pni(model, cfg.pni, float(cfg.pni_init))
+    return model
 
 
 def model_from_state(cfg, state_dict, source: str = "checkpoint"):

@@ -7,6 +7,7 @@ import torch
 from torch import nn
 
 from . import register_model
+from .dropblock import DropBlock2d
 
 
 class Normalize(nn.Module):
@@ -30,7 +31,7 @@ class DigitsCNN(nn.Module):
     """
 
     def __init__(self, num_classes=10, in_channels=1, image_size=8, width=32, mean=(0.0,), std=(1.0,),
-                 batchnorm: bool = True, hidden: int = 128):
+                 batchnorm: bool = True, hidden: int = 128, dropblock_prob: float = 0.0, dropblock_size: int = 3):
         super().__init__()
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
         self.normalize = Normalize(mean, std, in_channels)
@@ -40,6 +41,8 @@ class DigitsCNN(nn.Module):
             nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(4),
         )
+        if dropblock_prob > 0:  # after the last conv block (Ghiasi et al. 2018); parameter names unchanged
+            self.features.insert(6, DropBlock2d(dropblock_prob, dropblock_size))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, num_classes))
 
