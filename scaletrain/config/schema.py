@@ -46,15 +46,16 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "digits_cnn"       # registered model: digits_cnn, mlp, wide_mlp
+    name: str = "digits_cnn"       # registered model (scaletrain.models.available(); docs/models.md)
     num_classes: int = 10          # output classes (>= classes in the data)
     in_channels: int = 1           # image channels (must match the data)
     image_size: int = 8            # input side in pixels (for models that need it)
-    width: int = 16                # channels of the first conv (model-specific width knob)
+    width: Optional[int] = None    # model-specific width knob (first conv channels; WRN: widening factor); null = the model's published default
     # normalisation lives inside the model: attacks work in [0, 1] pixel space
     mean: List[float] = field(default_factory=lambda: [0.0]) # per-channel mean subtracted inside the model
     std: List[float] = field(default_factory=lambda: [1.0]) # per-channel std divided inside the model
-    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}; digits_cnn: dropblock_prob, dropblock_size
+    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}; checked against the model at load; digits_cnn: dropblock_prob, dropblock_size
+    sync_bn: bool = False          # BatchNorm statistics synchronised across ranks (converted by the engine when world size > 1)
     pni: str = "off"               # Parametric Noise Injection on every conv/linear weight: off | layer | channel (one trainable alpha per layer / output channel; docs/methods.md)
     pni_init: float = 0.25         # initial PNI alpha (Rakin et al. 2019 use 0.25), >= 0
     vib_dim: int = 0               # variational information bottleneck head of this many latent dims replacing the classifier (0 = off; train with method vib)

@@ -73,15 +73,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("keys 'model.mean' and 'model.std' must have the same length")
     if any(s <= 0 for s in cfg.model.std):
         raise ConfigError("key 'model.std': every entry must be > 0")
-    _model_options(cfg.model)
+    if cfg.model.width is not None and cfg.model.width <= 0:
+        raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
+    from ..models import check_config as check_model_config  # imports torch: only when validating
+    check_model_config(cfg.model)
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
 
-
-def _model_options(m) -> None:
-    """Model options of the regularisers (docs/methods.md): DropBlock on digits_cnn."""
-    kw = m.kwargs or {}
-    if "dropblock_prob" in kw and not 0.0 <= float(kw["dropblock_prob"]) < 1.0:
-        raise ConfigError(f"key 'model.kwargs.dropblock_prob': must be in [0, 1), got {kw['dropblock_prob']}")
-    if "dropblock_size" in kw and not (isinstance(kw["dropblock_size"], int) and kw["dropblock_size"] >= 1):
-        raise ConfigError(f"key 'model.kwargs.dropblock_size': must be an integer >= 1, got {kw['dropblock_size']}")

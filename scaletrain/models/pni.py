@@ -80,7 +80,7 @@ def apply_pni(model: nn.Module, mode: str = "layer", init: float = 0.25, seed: O
     if mode not in MODES:
         raise ValueError(f"PNI mode must be one of {', '.join(MODES)}, got '{mode}'")
     if seed is None:
-        seed = int(torch.randint(0, 2 ** 62, (1,)))
+        seed = int(torch.randint(0, 2 ** 62, (1,), device="cpu"))
     index = [0]
 
     def swap(parent: nn.Module):
