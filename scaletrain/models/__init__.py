@@ -45,7 +45,15 @@ def model_kwargs(cfg) -> dict:
 def create_model(cfg):
     """Build the model named by a `ModelConfig` (section `model`)."""
     _load_builtin()
-    return MODELS.create(cfg.name, **model_kwargs(cfg))
+    model = MODELS.create(cfg.name, **model_kwargs(cfg))
+    # generic model options, applied to any registered model (docs/methods.md)
+    if getattr(cfg, "vib_dim", 0):
+        from .vib import apply_vib
+        apply_vib(model, int(cfg.vib_dim))
+    if getattr(cfg, "pni", "off") != "off":
+        from .pni import apply_pni
+        apply_pni(model, cfg.pni, float(cfg.pni_init))
+    return model
 
 
 def _target(builder):

@@ -5,6 +5,7 @@ from torch import nn
 
 from . import register_model
 from .common import Normalize, ZooModel  # noqa: F401  (Normalize re-exported for old imports)
+from .dropblock import DropBlock2d
 
 
 class DigitsCNN(ZooModel):
@@ -15,8 +16,18 @@ class DigitsCNN(ZooModel):
 
     min_image_size = 2
 
+    @staticmethod
+    def check_kwargs(kw):
+        """DropBlock options (load-time checks; ConfigError names the key)."""
+        from ..errors import ConfigError
+        p, size = kw.get("dropblock_prob", 0.0), kw.get("dropblock_size", 3)
+        if not isinstance(p, (int, float)) or not 0.0 <= p < 1.0:
+            raise ConfigError(f"key 'model.kwargs.dropblock_prob': must be in [0, 1), got {p}")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+            raise ConfigError(f"key 'model.kwargs.dropblock_size': must be an integer >= 1, got {size}")
+
     def __init__(self, num_classes=10, in_channels=1, image_size=8, width=16, mean=(0.0,), std=(1.0,),
-                 batchnorm: bool = True, hidden: int = 128):
+                 batchnorm: bool = True, hidden: int = 128, dropblock_prob: float = 0.0, dropblock_size: int = 3):
         super().__init__(in_channels, image_size, mean, std)
         norm = (lambda c: nn.BatchNorm2d(c)) if batchnorm else (lambda c: nn.Identity())
         self.features = nn.Sequential(
@@ -25,6 +36,8 @@ class DigitsCNN(ZooModel):
             nn.MaxPool2d(2),
             nn.AdaptiveAvgPool2d(4),
         )
+        if dropblock_prob > 0:  # after the last conv block (Ghiasi et al. 2018); parameter names unchanged
+            self.features.insert(6, DropBlock2d(dropblock_prob, dropblock_size))
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(2 * width * 16, hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, num_classes))
 
