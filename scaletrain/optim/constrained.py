@@ -184,7 +184,7 @@ class OrthogonalBAOAB(_ConstrainedBAOAB):
             total += spans[n][1]
         dev = next(iter(tensors))[0].device if tensors else torch.device("cpu")
         buf = torch.zeros(3, total, dtype=torch.float64, device=dev)
-        for p, g, v in tensors:
+        for p, g, v, _ in tensors:
             for pc in self.pieces(p):
                 if pc.name in spans:
                     a = spans[pc.name][0] + pc.param_offset
@@ -207,57 +207,63 @@ class OrthogonalBAOAB(_ConstrainedBAOAB):
             with torch.enable_grad():
                 loss = closure()
         names = [n for n in self.param_order if self.rule.constrained(self, n)]
+        live, k, T = [], 0, 0.0
+        # constrained matrices use the first group's step size and friction (the engine sets one lr
+        # on every group; groups differ only in weight decay, applied to the gradient below)
+        h0, gamma0 = self.param_groups[0]["lr"], self.param_groups[0]["friction"]
+        kick = 0.5 * h0
         for group in self.param_groups:
             h, gamma, wd = group["lr"], group["friction"], group["weight_decay"]
             c = math.exp(-gamma * h)
-            live, k, kick, T = [], 0, 0.5 * h, 0.0
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                st, kick = self._prepare(p, h)
+                st, kick_p = self._prepare(p, h)
                 k = self.step_count(p)
                 T = self.temperature(k)
                 g = p.grad if wd == 0 else p.grad.add(p, alpha=wd)
-                live.append((p, g, st["momentum"]))
+                live.append((p, g, st["momentum"], h))
+                if p is self.param_groups[0]["params"][0]:
+                    kick = kick_p
                 pf, gf, vf = p.view(-1), g.reshape(-1), st["momentum"].view(-1)
                 for pc in self.pieces(p):   # unconstrained pieces: plain BAOAB, locally
                     if pc.name in names:
                         continue
                     sl = slice(pc.offset, pc.offset + pc.numel)
                     z = self.piece_noise(pc, k, STREAM_O, p.device).to(p.dtype) if T > 0 else None
-                    self._baoab_piece(pf[sl], gf[sl], vf[sl], z, kick, h, c, T)
-            full = self._full(names, live)
-            new = {}
-            for n, (w, g, v) in ((n, full[n]) for n in names):
-                shape = self.param_shapes[n]
-                q, tr = self._as_q(w, shape)
-                gq, _ = self._as_q(g, shape)
-                pq, _ = self._as_q(v, shape)
-                if k == 0:  # start on the manifold, at rest
-                    q, pq = polar(q), torch.zeros_like(pq)
-                pq = _tangent(q, pq - kick * gq)                             # B + RATTLE
-                q, pq = self._shake(q, pq, 0.5 * h)                          # A (SHAKE) + RATTLE
-                pq = c * pq
-                if T > 0:                                                    # O + RATTLE
-                    z = torch.cat([self.piece_noise(_whole(n, shape), k, STREAM_O, w.device)]).double()
-                    zq, _ = self._as_q(z, shape)
-                    pq = pq + math.sqrt((1 - c * c) * T) * zq
-                pq = _tangent(q, pq)
-                q, pq = self._shake(q, pq, 0.5 * h)                          # A (SHAKE) + RATTLE
-                eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
-                q32 = q.float().double()
-                self.note_violation(float((q32.transpose(0, 1) @ q32 - eye).abs().max()))
-                back = (lambda t: t.transpose(0, 1) if tr else t)
-                new[n] = (back(q).reshape(-1), back(pq).reshape(-1))
-            for p, _, v in live:     # keep this rank's pieces
-                for pc in self.pieces(p):
-                    if pc.name in new:
-                        sl, src = slice(pc.offset, pc.offset + pc.numel), slice(pc.param_offset, pc.param_offset + pc.numel)
-                        p.view(-1)[sl] = new[pc.name][0][src].to(p.dtype)
-                        v.view(-1)[sl] = new[pc.name][1][src].to(v.dtype)
-            for p, _, _ in live:
-                self.state[p]["h_prev"], self.state[p]["step"] = h, k + 1
-            self.last_temperature = T
+                    self._baoab_piece(pf[sl], gf[sl], vf[sl], z, kick_p, h, c, T)
+        h, c = h0, math.exp(-gamma0 * h0)
+        full = self._full(names, live)
+        new = {}
+        for n, (w, g, v) in ((n, full[n]) for n in names):
+            shape = self.param_shapes[n]
+            q, tr = self._as_q(w, shape)
+            gq, _ = self._as_q(g, shape)
+            pq, _ = self._as_q(v, shape)
+            if k == 0:  # start on the manifold, at rest
+                q, pq = polar(q), torch.zeros_like(pq)
+            pq = _tangent(q, pq - kick * gq)                             # B + RATTLE
+            q, pq = self._shake(q, pq, 0.5 * h)                          # A (SHAKE) + RATTLE
+            pq = c * pq
+            if T > 0:                                                    # O + RATTLE
+                zq, _ = self._as_q(self.piece_noise(_whole(n, shape), k, STREAM_O, w.device).double(), shape)
+                pq = pq + math.sqrt((1 - c * c) * T) * zq
+            pq = _tangent(q, pq)
+            q, pq = self._shake(q, pq, 0.5 * h)                          # A (SHAKE) + RATTLE
+            eye = torch.eye(q.shape[1], dtype=q.dtype, device=q.device)
+            q32 = q.float().double()
+            self.note_violation(float((q32.transpose(0, 1) @ q32 - eye).abs().max()))
+            back = (lambda t: t.transpose(0, 1) if tr else t)
+            new[n] = (back(q).reshape(-1), back(pq).reshape(-1))
+        for p, _, v, _ in live:     # keep this rank's pieces
+            for pc in self.pieces(p):
+                if pc.name in new:
+                    sl, src = slice(pc.offset, pc.offset + pc.numel), slice(pc.param_offset, pc.param_offset + pc.numel)
+                    p.view(-1)[sl] = new[pc.name][0][src].to(p.dtype)
+                    v.view(-1)[sl] = new[pc.name][1][src].to(v.dtype)
+        for p, _, _, hp in live:
+            self.state[p]["h_prev"], self.state[p]["step"] = hp, k + 1
+        self.last_temperature = T
         return loss
 
     def log_metrics(self):
