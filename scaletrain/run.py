@@ -68,9 +68,13 @@ class _DataSource:
 
 
 def _check_model_matches_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
-    c = info["image_shape"][0]
-    if cfg.model.in_channels != c:
-        raise ConfigError(f"key 'model.in_channels': {cfg.model.in_channels}, but the data has {c} channel(s)")
+    from .engine import plan_stages
+    from .models import check_data
+    c, native = info["image_shape"][0], info["image_shape"][-1]
+    evaluated = cfg.data.augment.resize or native
+    sizes = {evaluated} | {s.image_size or evaluated for s in plan_stages(cfg)}
+    for side in sorted(sizes):
+        check_data(cfg.model, side, c)
     if cfg.model.num_classes < info["num_classes"]:
         raise ConfigError(f"key 'model.num_classes': {cfg.model.num_classes}, but the data has "
                           f"{info['num_classes']} classes")

@@ -195,14 +195,29 @@ class Attack:
             return self._custom(logits, y, self._clean)
         return per_sample_loss(self.loss, logits, y, self.targeted)
 
+    eot_samples = 1          # expectation over transformation: gradients averaged over this many forwards
+
     def loss_and_grad(self, model, x_adv, y):
         """Per-sample objective, its gradient w.r.t. x_adv (fp32) and the logits (fp32, detached)."""
+        return self.eot_grad(model, x_adv, lambda logits: self.objective(logits, y))
+
+    def eot_grad(self, model, x_adv, obj):
+        """(objective, input gradient, logits) of ``obj(logits) -> per-sample loss`` at ``x_adv``.
+
+        With ``eot_samples`` = k > 1 (randomised models: PNI, noise layers) all three are the means
+        over k forward passes, each with its own randomness: the expectation-over-transformation
+        gradient of Athalye, Carlini & Wagner (ICML 2018), grad E_r[L(f_r(x'))] ~ (1/k) sum_i grad L(f_{r_i}(x'))."""
         x_adv = x_adv.detach().requires_grad_(True)
+        k = int(self.eot_samples)
+        acc = None
         with torch.enable_grad():
-            logits = self.forward(model, x_adv)
-            loss = self.objective(logits, y)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), grad.float(), logits.detach()
+            for _ in range(k):
+                logits = self.forward(model, x_adv)
+                loss = obj(logits)
+                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                out = (loss.detach(), grad.float(), logits.detach())
+                acc = out if acc is None else tuple(a + o for a, o in zip(acc, out))
+        return acc if k == 1 else tuple(a / k for a in acc)
 
     def fooled(self, logits, y):
         """Success per sample: misclassified (untargeted) or classified as the target (targeted)."""

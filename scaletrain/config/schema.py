@@ -46,15 +46,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "digits_cnn"       # registered model: digits_cnn, mlp, wide_mlp
+    name: str = "digits_cnn"       # registered model (scaletrain.models.available(); docs/models.md)
     num_classes: int = 10          # output classes (>= classes in the data)
     in_channels: int = 1           # image channels (must match the data)
     image_size: int = 8            # input side in pixels (for models that need it)
-    width: int = 16                # channels of the first conv (model-specific width knob)
+    width: Optional[int] = None    # model-specific width knob (first conv channels; WRN: widening factor); null = the model's published default
     # normalisation lives inside the model: attacks work in [0, 1] pixel space
     mean: List[float] = field(default_factory=lambda: [0.0]) # per-channel mean subtracted inside the model
     std: List[float] = field(default_factory=lambda: [1.0]) # per-channel std divided inside the model
-    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}
+    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}; checked against the model at load; digits_cnn: dropblock_prob, dropblock_size
+    sync_bn: bool = False          # BatchNorm statistics synchronised across ranks (converted by the engine when world size > 1)
+    pni: str = "off"               # Parametric Noise Injection on every conv/linear weight: off | layer | channel (one trainable alpha per layer / output channel; docs/methods.md)
+    pni_init: float = 0.25         # initial PNI alpha (Rakin et al. 2019 use 0.25), >= 0
+    vib_dim: int = 0               # variational information bottleneck head of this many latent dims replacing the classifier (0 = off; train with method vib)
 
 
 @dataclass
@@ -174,6 +178,7 @@ class EvalConfig:
     noise_sigmas: List[float] = field(default_factory=list) # Gaussian-noise accuracy at these sigmas (corruption measure)
     autoattack: bool = False       # APGD-CE + APGD-T preset (reported separately as report["autoattack"])
     autoattack_steps: int = 100    # iterations per APGD run of the preset
+    eot_samples: int = 1           # expectation over transformation: attack gradients averaged over this many forwards (randomised models, e.g. model.pni); per attack: 'pgd:eot=10'
     certify: Dict[str, Any] = field(default_factory=dict)  # {sigma, n0, n, alpha, radii, max_samples}
     seed: int = 0                  # seed of attack starts, noise and certification
 

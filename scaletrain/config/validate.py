@@ -21,15 +21,17 @@ CHOICES = {
     "engine.precision": ("fp32", "bf16", "fp16"),
     "eval.norm": ("linf", "l2"),
     "eval.model_mode": ("eval", "train"),
+    "model.pni": ("off", "layer", "channel"),
     "tracking.mode": ("auto", "offline", "online", "disabled"),
 }
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "engine.workers",
-            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps",
+            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps", "eval.eot_samples",
             "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
-                "method.attack.eps", "method.attack.steps", "train.keep_last")
+                "method.attack.eps", "method.attack.steps", "train.keep_last", "model.pni_init",
+                "model.vib_dim")
 
 
 def _get(cfg: DictConfig, path: str):
@@ -71,6 +73,10 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("keys 'model.mean' and 'model.std' must have the same length")
     if any(s <= 0 for s in cfg.model.std):
         raise ConfigError("key 'model.std': every entry must be > 0")
+    if cfg.model.width is not None and cfg.model.width <= 0:
+        raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
+    from ..models import check_config as check_model_config  # imports torch: only when validating
+    check_model_config(cfg.model)
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
     _validate_methods(cfg)

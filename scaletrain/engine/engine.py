@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .dist import DistInfo, ensure_ds_accelerator
-from .optim import LRSchedule, Segment, create_optimizer
+from .optim import LRSchedule, Segment, create_optimizer, param_groups
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -342,7 +342,7 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
         if dist.world_size > 1:  # same initial weights on every rank (DeepSpeed does this too)
             for t in list(model.parameters()) + list(model.buffers()):
                 tdist.broadcast(t.data, src=0)
-        opt = make_opt(model.parameters())
+        opt = make_opt(param_groups(model))
         eng = Engine(cfg, model, opt, dist, ga)
         eng._apply_lr()
         _tell_partitions(eng)
@@ -351,7 +351,7 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
         raise ConfigError(f"key 'engine.backend': unknown backend '{backend}'")
     ensure_ds_accelerator(cfg.engine.device)
     import deepspeed  # after DS_ACCELERATOR is set
-    opt = make_opt(model.parameters())
+    opt = make_opt(param_groups(model))
     ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, dist.world_size),
                                               dist_init_required=False)
     eng = Engine(cfg, model, opt, dist, ga, ds_engine=ds_engine)
