@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from omegaconf import II
+
 
 @dataclass
 class AugmentConfig:
@@ -112,6 +114,24 @@ class MethodConfig:
 
 
 @dataclass
+class LangevinConfig:
+    """Langevin optimizers (sgld, baoab, circle, orthogonal): docs/methods.md."""
+    temperature: float = 1.0e-5    # temperature T at the start (0 = deterministic)
+    temperature_schedule: str = "constant"  # constant | linear | cosine | exponential | step (cooling to temperature_final)
+    temperature_final: float = 0.0  # temperature reached on the last optimizer step
+    cooling_start: float = 0.0     # fraction of the run after which cooling starts, in [0, 1)
+    friction: float = 1.0          # friction gamma of underdamped Langevin (> 0); c = exp(-gamma * lr)
+    noise_seed: int = II("seed")   # key of the counter-based noise (default: the run's seed)
+    radius: float = 1.0            # circle constraint: |w| <= radius for all constrained layers but the first
+    radius_first: Optional[float] = None  # circle radius of the first layer (None = radius)
+    constrain_biases: bool = False  # constrain 1-d parameters (biases, norms) too
+    constrain_output: bool = False  # constrain the last weight (the classifier head)
+    exclude: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names left unconstrained
+    tolerance: float = 1.0e-8      # orthogonal: SHAKE stops when max|Q^T Q - I| < tolerance
+    max_iterations: int = 100      # orthogonal: SHAKE iterations before falling back to a polar retraction
+
+
+@dataclass
 class OptimConfig:
     name: str = "adam"             # sgd | adam | adamw | (registered client optimizers)
     lr: float = 3.0e-3             # peak learning rate
@@ -121,6 +141,7 @@ class OptimConfig:
     schedule: str = "cosine"       # constant | cosine | linear | onecycle
     warmup_steps: int = 0          # linear warm-up optimizer steps
     kwargs: Dict[str, Any] = field(default_factory=dict) # schedule/optimizer extras: pct_start, div_factor, final_div_factor, min_lr
+    langevin: LangevinConfig = field(default_factory=LangevinConfig) # temperature, friction, constraints of sgld/baoab/circle/orthogonal
 
 
 @dataclass

@@ -169,6 +169,9 @@ class Engine:
     def set_schedule(self, schedule: LRSchedule) -> None:
         self.schedule = schedule
         self._apply_lr()
+        fn = getattr(self.optimizer, "set_total_steps", None)  # e.g. a Langevin temperature schedule
+        if callable(fn):
+            fn(schedule.total_steps)
 
     def _apply_lr(self) -> None:
         if self.schedule is not None:

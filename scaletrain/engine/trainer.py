@@ -232,6 +232,9 @@ class Trainer:
         row = {"step": self.engine.global_step, "stage": si, "epoch": ep, "loss": sums[0] / n,
                "acc": sums[1] / n, "lr": lr, "samples_per_s": sums[2] / dt}
         row.update({k: v / n for k, v in zip(keys, sums[3:])})
+        opt_metrics = getattr(self.engine.optimizer, "log_metrics", None)  # temperature, constraint violation
+        if callable(opt_metrics):
+            row.update(opt_metrics())   # collective for constrained optimizers: every rank logs here
         self.last_metrics = row
         self._meter = self._new_meter()
         if self.is_rank0:
