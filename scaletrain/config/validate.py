@@ -80,6 +80,16 @@ def validate(cfg: DictConfig) -> None:
     check_model_config(cfg.model)
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    _validate_methods(cfg)
+
+
+def _validate_methods(cfg: DictConfig) -> None:
+    """Method names, options and combinations (each method's own `check_config`), run and stages."""
+    from ..methods import check_method_config
+    check_method_config(cfg.method, "method")
+    for i, st in enumerate(cfg.stages):
+        if st.method is not None:
+            check_method_config(st.method, f"stages.{i}.method")
 
 
 CONSTRAINED_OPTIMIZERS = ("circle", "orthogonal")
