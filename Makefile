@@ -4,9 +4,16 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.scaletrain-installed
+# DeepSpeed's CPU accelerator only on machines without a CUDA GPU (nvidia-smi lists one, or the
+# venv's torch sees one); on a GPU machine DeepSpeed picks CUDA itself. DS_ACCELERATOR set in the
+# environment always wins.
+HAS_CUDA := $(shell (nvidia-smi -L >/dev/null 2>&1 && echo 1) || \
+	($(PY) -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)" >/dev/null 2>&1 && echo 1))
+ifeq ($(HAS_CUDA),)
 export DS_ACCELERATOR ?= cpu
+endif
 
-.PHONY: install demo test test-fast clean
+.PHONY: install demo test test-fast clean accelerator
 
 install: $(STAMP)
 
@@ -24,6 +31,9 @@ demo: install
 
 test: install
 	PATH="$(CURDIR)/$(VENV)/bin:$$PATH" $(PY) -m pytest -q -ra
+
+accelerator:  # what `make demo` / `make test` will use
+	@echo "CUDA: $(if $(HAS_CUDA),yes,no); DS_ACCELERATOR=$${DS_ACCELERATOR:-auto (DeepSpeed detects)}"
 
 clean:
 	rm -rf runs data wandb .pytest_cache

@@ -15,6 +15,14 @@
    training of digits_cnn, Adam), and the share of an epoch spent waiting
    for data.
 
+4. `--jpeg`: the JPEG-224 case. Synthetic ImageNet-like photos (smooth random content with
+   texture, sides 333-500 px, JPEG quality 90, ~50-110 KB) written to shards by this script
+   (webdataset.TarWriter, members jpg + cls). Read with random-resized crop to 224 + flip by
+   scaletrain's loader (decode at the crop with JPEG DCT scaling, uint8 batches built in the
+   workers; data/jpeg.py) and by a plain `webdataset.WebDataset(urls).decode("pil")` pipeline
+   (the same crop arithmetic, PIL crop + resize, per-sample float tensors, DataLoader collate),
+   on the same shards, with the same worker counts, interleaved; samples/s per worker process.
+
 Each figure is the best of `--repeats` runs (the machine is shared), in samples/s.
 `--threads` sets torch's intra-op threads for everything (default 1).
 """
@@ -28,6 +36,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import List
 
 import numpy as np
 import torch
@@ -147,6 +156,99 @@ def digits_reader_rates(tmp, repeats):
     return n, cold, warm
 
 
+def synthetic_jpeg_shards(root: Path, n: int, per_shard: int = 200, seed: int = 0) -> List[str]:
+    """ImageNet-like JPEGs: low-frequency colour fields plus noise texture, random sizes."""
+    import io
+
+    import webdataset as wds
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    urls, sizes = [], []
+    for s0 in range(0, n, per_shard):
+        url = str(root / f"train-{s0 // per_shard:06d}.tar")
+        with wds.TarWriter(url) as sink:
+            for i in range(s0, min(n, s0 + per_shard)):
+                w, h = int(rng.integers(333, 501)), int(rng.integers(333, 501))
+                base = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8)).resize((w, h), Image.BICUBIC)
+                a = np.asarray(base).astype(np.int16) + rng.integers(-24, 25, (h, w, 3), dtype=np.int16)
+                buf = io.BytesIO()
+                Image.fromarray(a.clip(0, 255).astype(np.uint8)).save(buf, format="JPEG", quality=90)
+                sizes.append(buf.tell())
+                sink.write({"__key__": f"{i:08d}", "jpg": buf.getvalue(), "cls": str(int(rng.integers(1000)))})
+        urls.append(url)
+    return urls, float(np.mean(sizes))
+
+
+def plain_wds_rate(urls, n, batch, workers, size=224):
+    """webdataset.WebDataset(...).decode("pil") + DataLoader: full decode, PIL crop+resize, per-sample tensors."""
+    import webdataset as wds
+    from PIL import Image
+
+    from scaletrain.data.jpeg import rrc_box
+
+    def transform(sample):
+        im, cls = sample
+        rng = np.random.default_rng()
+        left, top, cw, ch = rrc_box(im.size[0], im.size[1], rng.random(41), (0.08, 1.0), (3 / 4, 4 / 3))
+        im = im.resize((size, size), Image.BILINEAR, box=(left, top, left + cw, top + ch), reducing_gap=None)
+        if rng.random() < 0.5:
+            im = im.transpose(Image.FLIP_LEFT_RIGHT)
+        return torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div_(255), cls
+
+    ds = wds.WebDataset(urls, shardshuffle=False, empty_check=False).decode("pil").to_tuple("jpg", "cls") \
+        .map(transform)
+    dl = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers)
+    t = time.perf_counter()
+    got = sum(len(yb) for _, yb in dl)
+    assert got == n, (got, n)
+    return n / (time.perf_counter() - t)
+
+
+def scaletrain_jpeg_rate(urls, n, batch, workers, size=224):
+    from scaletrain.config.schema import AugmentConfig
+    cfg = DataConfig(source="shards", train_urls="::".join(urls), test_urls="::".join(urls), batch_size=batch,
+                     workers=workers, augment=AugmentConfig(crop_size=size, hflip=True), shuffle_buffer=0)
+    L = train_loader(cfg)
+    t = time.perf_counter()
+    got = 0
+    for xb, yb in L:
+        assert xb.dtype == torch.float32 and xb.shape[1:] == (3, size, size)
+        got += len(yb)
+    assert got == n, (got, n)
+    return n / (time.perf_counter() - t)
+
+
+def jpeg_case(args):
+    import subprocess
+    tmp = Path(tempfile.mkdtemp(prefix="scaletrain-jpeg-"))
+    try:
+        urls, mean_bytes = synthetic_jpeg_shards(tmp, args.jpeg_samples)
+        load0 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+        best = {}
+        for _ in range(args.repeats):  # interleaved: both pipelines see the same machine load
+            for w in (1, 2):
+                for name, fn in (("scaletrain", scaletrain_jpeg_rate), ("plain", plain_wds_rate)):
+                    r = fn(urls, args.jpeg_samples, 64, w)
+                    best[(name, w)] = max(best.get((name, w), 0.0), r)
+        load1 = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"# JPEG-224: {args.jpeg_samples} synthetic JPEGs (333-500 px sides, mean {mean_bytes / 1024:.0f} KB), "
+          f"shards of 200, batch 64, random-resized crop 224 + flip; best of {args.repeats}, interleaved")
+    print(f"# load before: {load0}\n# load after:  {load1}")
+    print("| workers | scaletrain samples/s | per worker | plain wds.decode('pil') samples/s | per worker | ratio |")
+    print("|---:|---:|---:|---:|---:|---:|")
+    for w in (1, 2):
+        a, b = best[("scaletrain", w)], best[("plain", w)]
+        print(f"| {w} | {a:,.0f} | {a / w:,.0f} | {b:,.0f} | {b / w:,.0f} | {a / b:.2f}x |")
+    per_core = best[("scaletrain", 1)]
+    for label, rate in (("clean training", 2500), ("PGD-3 AT (4 passes/sample)", 625),
+                        ("AdvXL stage 1 (PGD-1, 0.5 tokens)", 2500)):
+        print(f"cores to feed one GPU at an assumed ViT-B/16 {label} rate of {rate} img/s: "
+              f"{rate / per_core:.0f} (at {per_core:.0f} img/s per worker core)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--samples", type=int, default=10000, help="MNIST-size records to write and read")
@@ -156,8 +258,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=1,
                     help="torch threads (default 1: on 2 busy cores more threads made the training step "
                          "~8x slower, and a faster step is the harder target for the reader)")
+    ap.add_argument("--jpeg", action="store_true", help="only the JPEG-224 case (see 4. above)")
+    ap.add_argument("--jpeg-samples", type=int, default=1200)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.jpeg:
+        jpeg_case(args)
+        return 0
 
     tmp = Path(tempfile.mkdtemp(prefix="scaletrain-bench-"))
     try:

@@ -134,8 +134,17 @@ def main():
     ap.add_argument("--data-root", default=os.path.join(ROOT, "bench", "out", "data", "mnist"))
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "two_stage"))
     ap.add_argument("--write", default=None, help="markdown file to put the table in (between markers)")
+    ap.add_argument("--table-only", action="store_true",
+                    help="no runs: rebuild the table from <out>/results.json (e.g. of an interrupted bench)")
     a = ap.parse_args()
     a.out = os.path.abspath(a.out)
+    if a.table_only:
+        with open(os.path.join(a.out, "results.json")) as f:
+            saved = json.load(f)
+        meta, res = saved["meta"], saved["results"]
+        meta.setdefault("load_end", res[-1]["load"])
+        meta.setdefault("minutes", sum(r["wall_s"] for r in res) / 60)
+        return write_table(table(res, a, meta), a)
     os.makedirs(a.out, exist_ok=True)
     shutil.rmtree(os.path.join(a.out, "runs"), ignore_errors=True)
     code = os.path.join(a.out, "code")
@@ -154,10 +163,13 @@ def main():
                 json.dump({"meta": meta, "results": res}, f, indent=1)
     meta.update(load_end=os.getloadavg()[0], minutes=(time.time() - t0) / 60)
     print(f"uptime: {sh('uptime')}", flush=True)
-    md = table(res, a, meta)
-    print(md)
     with open(os.path.join(a.out, "results.json"), "w") as f:
         json.dump({"meta": meta, "results": res}, f, indent=1)
+    write_table(table(res, a, meta), a)
+
+
+def write_table(md, a):
+    print(md)
     if a.write:
         path = os.path.join(ROOT, a.write)
         text = open(path).read()

@@ -55,22 +55,26 @@ def train(cfg: ConfigLike) -> Dict[str, Any]:
 class _DataSource:
     """What the trainer asks of the data layer, bound to this rank."""
 
-    def __init__(self, cfg: DictConfig, rank: int, world_size: int):
+    def __init__(self, cfg: DictConfig, rank: int, world_size: int, device=None):
         from .engine import plan_stages
-        self.cfg, self.rank, self.world_size = cfg, rank, world_size
+        self.cfg, self.rank, self.world_size, self.device = cfg, rank, world_size, device
         self.stages = plan_stages(cfg)
 
     def train_loader(self, epoch: int, stage: int = 0):
         from .data import train_loader
         image_size = self.stages[stage].image_size
         return train_loader(self.cfg.data, rank=self.rank, world_size=self.world_size, epoch=epoch,
-                            image_size=image_size, seed=self.cfg.data.seed)
+                            image_size=image_size, seed=self.cfg.data.seed, device=self.device)
 
 
 def _check_model_matches_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
-    c = info["image_shape"][0]
-    if cfg.model.in_channels != c:
-        raise ConfigError(f"key 'model.in_channels': {cfg.model.in_channels}, but the data has {c} channel(s)")
+    from .engine import plan_stages
+    from .models import check_data
+    c, native = info["image_shape"][0], info["image_shape"][-1]
+    evaluated = cfg.data.augment.resize or native
+    sizes = {evaluated} | {s.image_size or evaluated for s in plan_stages(cfg)}
+    for side in sorted(sizes):
+        check_data(cfg.model, side, c)
     if cfg.model.num_classes < info["num_classes"]:
         raise ConfigError(f"key 'model.num_classes': {cfg.model.num_classes}, but the data has "
                           f"{info['num_classes']} classes")
@@ -106,10 +110,12 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         engine = build_engine(cfg, model, dist)
         tracker = Tracker(cfg.tracking, str(run_dir), to_dict(cfg), rank=dist.rank, name=run_dir.name)
         t0 = time.time()
-        trainer = Trainer(cfg, engine, method, _DataSource(cfg, dist.rank, dist.world_size),
+        trainer = Trainer(cfg, engine, method, _DataSource(cfg, dist.rank, dist.world_size, dist.device),
                           tracker=tracker, run_dir=str(run_dir), **(hooks or {}))
         history = trainer.fit()
         train_seconds = time.time() - t0
+        summary_fn = getattr(engine.optimizer, "summary", None)  # Langevin: temperature schedule, violations
+        optim_summary = summary_fn() if callable(summary_fn) else None  # collective: every rank
 
         report: Dict[str, Any] = {}
         if dist.rank == 0:
@@ -122,6 +128,10 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "resumed_from": history.get("resumed_from")}
             if history.get("stages_detail"):
                 report["stages"] = history["stages_detail"]  # per stage: time, samples, attack compute
+            if optim_summary:
+                report["optimizer"] = optim_summary
+                tracker.log({f"optim/{k}": v for k, v in optim_summary.items() if isinstance(v, (int, float))},
+                            step=engine.global_step)
             _finish_report(report, run_dir, tracker, step=engine.global_step)
         tracker.finish()
         return report

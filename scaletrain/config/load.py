@@ -14,7 +14,7 @@ from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
 from .schema import ExperimentConfig
-from .stages import check_stage_keys
+from .stages import apply_stage_overrides, check_stage_keys, split_stage_overrides
 from .validate import validate
 
 
@@ -84,7 +84,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
             cfg = OmegaConf.merge(cfg, data)
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, path)) from None
-    overrides = list(overrides)
+    overrides, stage_items = split_stage_overrides(list(overrides))
     if overrides:
         dotlist = _parse_overrides(overrides)
         check_stage_keys(dotlist, "override")
@@ -94,6 +94,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
             cfg = OmegaConf.merge(cfg, dotlist)
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, "override")) from None
+    apply_stage_overrides(cfg, stage_items)
     try:
         OmegaConf.resolve(cfg)
     except OmegaConfBaseException as e:

@@ -7,6 +7,7 @@ training): a mistake in stage 2 names `stages[1].method.attack.steps` and exits 
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Optional
 
 from omegaconf import DictConfig, OmegaConf
@@ -60,6 +61,35 @@ def check_stage_keys(data: DictConfig, where: str) -> None:
                 close = difflib.get_close_matches(str(key), known, n=1)
                 hint = f"; did you mean 'stages[{i}].{close[0]}'?" if close else ""
                 raise ConfigError(f"{where}: key 'stages[{i}].{key}': unknown stage key{hint}")
+
+
+_ITEM = re.compile(r"^stages(?:\.(\d+)|\[(\d+)\])\.(.+)$")
+
+
+def split_stage_overrides(overrides):
+    """(other overrides, [(index, sub-key, raw value)]) for `stages.1.epochs=3` / `stages[1].lr=0.1`:
+    a dotlist cannot merge into one item of a list, so these are applied by `apply_stage_overrides`."""
+    rest, items = [], []
+    for o in overrides:
+        key, _, val = o.partition("=")
+        m = _ITEM.match(key)
+        if m:
+            items.append((int(m.group(1) or m.group(2)), m.group(3), val))
+        else:
+            rest.append(o)
+    return rest, items
+
+
+def apply_stage_overrides(cfg: DictConfig, items) -> None:
+    for i, sub, val in items:
+        key = f"stages[{i}].{sub}"
+        if i >= len(cfg.stages):
+            raise ConfigError(f"override: key '{key}': the config has {len(cfg.stages)} stage(s)")
+        try:
+            value = OmegaConf.from_dotlist([f"v={val}"]).v
+            OmegaConf.update(cfg.stages[i], sub, value, merge=True)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"override: key '{key}': {str(e).splitlines()[0]}") from None
 
 
 def _get(node, path: str) -> Any:

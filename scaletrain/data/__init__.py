@@ -58,6 +58,12 @@ def _build(cfg, split: str, **kw) -> ShardLoader:
     manifest = _manifest_or_none(cfg)
     urls, counts, shas = resolve_urls(cfg, split, manifest)
     verify_shards(urls, shas, cfg.on_error)
+    aug = cfg.augment
+    if aug.crop_size:  # encoded images of varying size, decoded at the crop in the workers (jpeg.py)
+        return ShardLoader(urls, counts, on_error=cfg.on_error, shuffle_buffer=cfg.shuffle_buffer,
+                           workers=cfg.workers, split=split, rrc_scale=list(aug.rrc_scale),
+                           rrc_ratio=list(aug.rrc_ratio), **kw)
+    kw.pop("crop_size", None)
     hwc = _hwc(manifest)
     # shape check before training starts: the first image must have the expected
     # shape (the manifest's; without one, it sets the shape every later image must match)
@@ -72,19 +78,23 @@ def _build(cfg, split: str, **kw) -> ShardLoader:
 
 
 def train_loader(cfg, *, rank: int = 0, world_size: int = 1, epoch: int = 0,
-                 image_size: Optional[int] = None, seed: Optional[int] = None) -> ShardLoader:
+                 image_size: Optional[int] = None, seed: Optional[int] = None, device=None) -> ShardLoader:
     """The training stream of this rank: shuffled, augmented, `cfg.mode` exact or resampled.
 
     `image_size` overrides `cfg.augment.resize` (a later stage may change
     resolution). Iterating it again continues with the next epoch (reshuffled);
     `set_epoch(e)` jumps to epoch e. In exact mode on several ranks, ranks with
     fewer batches pad with samples of a second pass so that all ranks yield
-    the same number of batches (see docs/data.md)."""
+    the same number of batches (see docs/data.md). With `data.augment.crop_size` (encoded images
+    of any size) `image_size` is the side of the random-resized crop, and `device` receives the
+    batches (uint8 to float conversion there; pinned and prefetched on CUDA)."""
     aug = cfg.augment
+    crop = (image_size or aug.crop_size) if aug.crop_size else None
     return _build(cfg, "train", batch_size=cfg.batch_size, mode=cfg.mode, shuffle=True,
                   seed=cfg.seed if seed is None else seed, epoch=epoch, rank=rank, world_size=world_size,
                   epoch_size=cfg.epoch_size, crop_padding=aug.crop_padding, hflip=aug.hflip,
-                  resize=image_size if image_size is not None else aug.resize, pad_ranks=True)
+                  resize=None if crop else (image_size if image_size is not None else aug.resize),
+                  pad_ranks=True, crop_size=crop, device=device)
 
 
 def eval_loader(cfg, split: str = "test", *, rank: int = 0, world_size: int = 1,
@@ -94,14 +104,19 @@ def eval_loader(cfg, split: str = "test", *, rank: int = 0, world_size: int = 1,
     Images are resized to `image_size` (default `cfg.augment.resize`) if set."""
     if split not in ("train", "val", "test"):
         raise DataError(f"unknown split '{split}': expected train, val or test")
+    crop = (image_size or cfg.augment.crop_size) if cfg.augment.crop_size else None
     return _build(cfg, split, batch_size=batch_size or cfg.eval_batch_size, mode="exact", shuffle=False,
-                  seed=0, epoch=0, rank=rank, world_size=world_size,
-                  resize=image_size if image_size is not None else cfg.augment.resize)
+                  seed=0, epoch=0, rank=rank, world_size=world_size, crop_size=crop,
+                  resize=None if crop else (image_size if image_size is not None else cfg.augment.resize))
 
 
 def dataset_info(cfg) -> Dict[str, Any]:
     """num_classes, image_shape (C, H, W), class_names and per-split sample counts, from the manifest."""
     manifest = _manifest_or_none(cfg)
+    if manifest is None and cfg.augment.crop_size:  # e.g. ImageNet shards on object storage
+        side = int(cfg.augment.crop_size)
+        return {"name": None, "num_classes": 0, "class_names": [], "image_shape": (3, side, side),
+                "num_samples": {}, "num_shards": {}}
     if manifest is None or "image_shape" not in manifest:
         raise DataError(f"data.source=shards: dataset_info needs a {MANIFEST} in data.root={cfg.root}")
     return {

@@ -25,6 +25,7 @@ import torch
 
 from ..errors import DataError
 from .augment import augment_batch
+from .jpeg import decode_batch, device_batches, read_raw
 from .reader import Stats, collate, read_shard, shuffle_buffer
 
 log = logging.getLogger("scaletrain.data")
@@ -53,7 +54,9 @@ class ShardLoader:
                  epoch_size: Optional[int] = None, on_error: str = "raise",
                  image_hwc: Optional[Tuple[int, int, int]] = None, crop_padding: int = 0,
                  hflip: bool = False, resize: Optional[int] = None, drop_last: bool = False,
-                 split: str = "train", pad_ranks: bool = False):
+                 split: str = "train", pad_ranks: bool = False, crop_size: Optional[int] = None,
+                 rrc_scale: Sequence[float] = (0.08, 1.0), rrc_ratio: Sequence[float] = (3 / 4, 4 / 3),
+                 device: Optional[torch.device] = None):
         if mode not in ("exact", "resampled"):
             raise DataError(f"key 'data.mode': unknown mode '{mode}' (exact | resampled)")
         if not 0 <= rank < world_size:
@@ -67,6 +70,9 @@ class ShardLoader:
         self.crop_padding, self.hflip, self.resize = int(crop_padding), bool(hflip), resize
         self.drop_last, self.split, self.pad_ranks = drop_last, split, bool(pad_ranks)
         self.epoch = int(epoch)
+        # encoded images of any size decoded to crop_size x crop_size in the workers (jpeg.py)
+        self.crop_size, self.rrc_scale, self.rrc_ratio = crop_size, tuple(rrc_scale), tuple(rrc_ratio)
+        self.device = device
         self._consumed = [0] * max(1, self.workers)  # batches delivered per worker, this epoch
         self._skipped: Dict[str, int] = {"skipped_shards": 0, "skipped_samples": 0}
         slots = self.world_size * max(1, self.workers)
@@ -129,20 +135,23 @@ class ShardLoader:
         return sum(q)
 
     # ----------------------------------------------------------- streams
+    def _read(self, i: int, stats: Stats) -> Iterator:
+        if self.crop_size:  # undecoded: decoding happens per batch, at the crop (jpeg.py)
+            return read_raw(self.urls[i], self.on_error)
+        return read_shard(self.urls[i], expected=self.counts[i] if self.counts else None,
+                          hwc=self.image_hwc, on_error=self.on_error, stats=stats)
+
     def _samples(self, w: int, stats: Stats) -> Iterator:
-        hwc = self.image_hwc
         if self.mode == "exact":
             for i in self._worker_shards(self.epoch, w):
-                yield from read_shard(self.urls[i], expected=self.counts[i] if self.counts else None,
-                                      hwc=hwc, on_error=self.on_error, stats=stats)
+                yield from self._read(i, stats)
             return
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, w, 202])
         empty = 0
         while True:  # resampled: shards with replacement, forever (the quota stops it)
             i = int(rng.integers(len(self.urls)))
             n = 0
-            for item in read_shard(self.urls[i], expected=self.counts[i] if self.counts else None,
-                                   hwc=hwc, on_error=self.on_error, stats=stats):
+            for item in self._read(i, stats):
                 n += 1
                 yield item
             empty = 0 if n else empty + 1
@@ -172,6 +181,11 @@ class ShardLoader:
             return d
 
         def emit(b):
+            if self.crop_size:
+                x, y, keys = decode_batch(b, int(self.crop_size), train=self.split == "train" and self.shuffle,
+                                          seed=self.seed, epoch=self.epoch, scale=self.rrc_scale,
+                                          ratio=self.rrc_ratio, hflip=self.hflip)
+                return {"x": x, "y": y, "keys": keys, "worker": w, "stats": delta()}
             x, y, keys = collate(b)
             x = augment_batch(x, keys, seed=self.seed, epoch=self.epoch, crop_padding=self.crop_padding,
                               hflip=self.hflip, resize=self.resize)
@@ -224,19 +238,25 @@ class ShardLoader:
         yield from dl
 
     def iter_with_keys(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[str]]]:
-        """Like iterating the loader, but also yields each batch's sample keys."""
-        for item in self._raw():
-            for k, v in item["stats"].items():
-                self._skipped[k] += v
-            if item.get("end"):
-                continue
-            self._consumed[item["worker"]] += 1
-            yield item["x"], item["y"], item["keys"]
+        """Like iterating the loader, but also yields each batch's sample keys. uint8 batches of
+        encoded images become float [0, 1] NCHW on `device` (pinned, one batch ahead on CUDA);
+        a batch counts as delivered (state_dict) when it is handed out, not when prefetched."""
+        for x, y, keys, w in device_batches(self._batches(), self.device):
+            self._consumed[w] += 1
+            yield x, y, keys
         if self._skipped["skipped_shards"] or self._skipped["skipped_samples"]:
             log.warning("%s epoch %d done: skipped %d damaged shard(s), %d sample(s) so far (data.on_error=skip)",
                         self.split, self.epoch, self._skipped["skipped_shards"], self._skipped["skipped_samples"])
         self.epoch += 1
         self._consumed = [0] * max(1, self.workers)
+
+    def _batches(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor, List[str], int]]:
+        for item in self._raw():
+            for k, v in item["stats"].items():
+                self._skipped[k] += v
+            if item.get("end"):
+                continue
+            yield item["x"], item["y"], item["keys"], item["worker"]
 
     def __iter__(self) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         for x, y, _ in self.iter_with_keys():

@@ -33,6 +33,7 @@ import torch
 
 from ..config.stages import stage_method
 from ..errors import ConfigError
+from ..rng import SampleRNG
 
 
 @dataclass
@@ -86,15 +87,6 @@ def resolve_lengths(stages: List[Stage], batch_size: int, world_size: int,
         total = max(1, math.ceil(s.samples / (batch_size * world_size)))
         s.epochs = math.ceil(total / per_epoch)
         s.last_batches = total - (s.epochs - 1) * per_epoch
-
-
-def _mask_seed(*parts: int) -> int:
-    """A 63-bit seed from integers (SplitMix64 finaliser; Steele et al., OOPSLA 2014)."""
-    z = 0x9E3779B97F4A7C15
-    for p in parts:
-        z = (z ^ (int(p) & 0xFFFFFFFFFFFFFFFF)) * 0xBF58476D1CE4E5B9 & 0xFFFFFFFFFFFFFFFF
-        z = (z ^ (z >> 31)) * 0x94D049BB133111EB & 0xFFFFFFFFFFFFFFFF
-    return z >> 1
 
 
 def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
@@ -159,21 +151,22 @@ class StageRuntime:
             if hasattr(m, "draw_token_mask"):
                 m.draw_token_mask(1, side // m.patch_size, generator=torch.Generator().manual_seed(0))
             x = torch.zeros(1, c, side, side, device=self.engine.device)
-            with torch.no_grad(), FlopCounterMode(display=False) as fc:
-                m(x)
+            with torch.no_grad(), self.engine.autocast(), FlopCounterMode(display=False) as fc:
+                m(x)  # under the engine's autocast: bf16 weights take fp32 pixels as in training
             return 3.0 * fc.get_total_flops() / 1e9
         finally:
             m.train(was)
 
     # ---- per batch -------------------------------------------------------------------------
-    def before_batch(self, si: int, x: torch.Tensor) -> None:
-        """Draw this micro-batch's token mask (held for the attack and the training forward),
-        seeded by (seed, stage, optimizer step, micro-step, rank): deterministic and resume-exact."""
+    def before_batch(self, si: int, x: torch.Tensor, index: torch.Tensor) -> None:
+        """Draw this micro-batch's token mask (held for the attack and the training forward) from
+        per-sample random numbers keyed by (seed, stage, global sample index) (scaletrain.rng):
+        the same tokens for the same sample at any world size, and exact on resume."""
         m = self.engine.module
         if self.stages[si].token_keep < 1.0:
-            e = self.engine
-            g = torch.Generator().manual_seed(_mask_seed(self.cfg.seed, si, e.global_step, e.micro_step, e.rank))
-            m.draw_token_mask(x.shape[0], x.shape[-1] // m.patch_size, generator=g)
+            grid = x.shape[-1] // m.patch_size
+            noise = SampleRNG(self.cfg.seed, index, "tokens", si).rand((x.shape[0], grid * grid))
+            m.draw_token_mask(x.shape[0], grid, noise=noise)
 
     def after_batch(self, si: int, n: int, replays: int = 1) -> None:
         s = self.stats[si]

@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import register_model
-from .cnn import Normalize
+from .common import Normalize
 
 # (embed dim, depth, heads); larger ones (large 1024/24/16, huge 1280/32/16) are
 # configs: model.name=vit with model.kwargs {dim, depth, heads} (configs/imagenet/)
@@ -53,19 +53,21 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
-def random_keep_indices(n: int, grid: int, keep: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """(n, keep) indices of a uniformly random subset of grid*grid patches per sample, sorted."""
-    noise = torch.rand(n, grid * grid, generator=generator)
+def random_keep_indices(noise: torch.Tensor, grid: int, keep: int) -> torch.Tensor:
+    """(n, keep) indices of a uniformly random subset of grid*grid patches per sample, sorted:
+    the `keep` smallest of each row of `noise` (n, grid*grid) uniform numbers (MAE's shuffle)."""
     return noise.argsort(dim=1)[:, :keep].sort(dim=1).values
 
 
-def block_keep_indices(n: int, grid: int, keep: int, generator: Optional[torch.Generator]) -> torch.Tensor:
-    """(n, h*w) indices of one h x w rectangle of patches per sample at a random offset,
-    h*w the closest rectangle area to `keep` that fits the grid (same shape for the batch)."""
+def block_keep_indices(noise: torch.Tensor, grid: int, keep: int) -> torch.Tensor:
+    """(n, h*w) indices of one h x w rectangle of patches per sample at a random offset (from
+    the first two uniform numbers of each row of `noise`), h*w the rectangle area closest to
+    `keep` that fits the grid (same shape for the batch)."""
+    n = noise.shape[0]
     shapes = [(h, max(1, min(grid, round(keep / h)))) for h in range(1, grid + 1)]
     h, w = min(shapes, key=lambda s: (abs(s[0] * s[1] - keep), abs(s[0] - s[1])))
-    oy = torch.randint(0, grid - h + 1, (n,), generator=generator)
-    ox = torch.randint(0, grid - w + 1, (n,), generator=generator)
+    oy = (noise[:, 0] * (grid - h + 1)).long().clamp_(max=grid - h)
+    ox = (noise[:, 1] * (grid - w + 1)).long().clamp_(max=grid - w)
     rows = oy[:, None, None] + torch.arange(h)[None, :, None]
     cols = ox[:, None, None] + torch.arange(w)[None, None, :]
     return (rows * grid + cols).reshape(n, h * w)
@@ -115,15 +117,18 @@ class ViT(nn.Module):
     def kept_tokens(self, grid: int) -> int:
         return max(1, round(self.keep * grid * grid))
 
-    def draw_token_mask(self, n: int, grid: Optional[int] = None,
-                        generator: Optional[torch.Generator] = None) -> Optional[torch.Tensor]:
-        """Draw (and hold) the kept-token indices of the next `n` samples."""
+    def draw_token_mask(self, n: int, grid: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                        noise: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """Draw (and hold) the kept-token indices of the next `n` samples, from `noise` ((n, grid^2)
+        uniform numbers, e.g. per-sample streams of scaletrain.rng) or else from `generator`."""
         if self.keep >= 1.0:
             self._mask = None
             return None
         g = grid or self.grid
+        if noise is None:
+            noise = torch.rand(n, g * g, generator=generator if generator is not None else self._generator)
         fn = random_keep_indices if self.mask_mode == "random" else block_keep_indices
-        self._mask = fn(n, g, self.kept_tokens(g), generator if generator is not None else self._generator)
+        self._mask = fn(noise.cpu(), g, self.kept_tokens(g))
         self._mask_grid = g
         return self._mask
 
@@ -155,10 +160,19 @@ class ViT(nn.Module):
         return self.head(t[:, 0] if self.cls_token is not None else t.mean(1))
 
 
+def _check_kwargs(kw) -> None:
+    """Load-time check (models.check_config): build the model on the meta device (no memory)."""
+    with torch.device("meta"):
+        ViT(**kw)
+
+
 @register_model("vit")
 def vit(**kw):
     """ViT with dims from model.kwargs {dim, depth, heads} (or model.width as dim)."""
     return ViT(**kw)
+
+
+vit.check_kwargs = _check_kwargs
 
 
 def _preset(name):
@@ -166,6 +180,7 @@ def _preset(name):
         kw.setdefault("preset", name)
         return ViT(**kw)
     build.__doc__ = f"ViT-{name[0].upper()}: dim/depth/heads {PRESETS[name]}"
+    build.check_kwargs = lambda kw: _check_kwargs(dict({"preset": name}, **kw))
     return build
 
 
