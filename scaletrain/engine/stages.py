@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
@@ -96,6 +97,9 @@ def reset_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
     optimizer.state.clear()
 
 
+_COUNTERS: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()  # module -> its pass-counting hook
+
+
 class StageRuntime:
     """Per-stage effects on the model/optimizer, and per-stage compute and time accounting."""
 
@@ -111,7 +115,10 @@ class StageRuntime:
         if any(s.token_keep < 1.0 for s in stages) and not hasattr(module, "set_token_keep"):
             raise ConfigError(f"key 'stages': token_keep < 1 needs a model with token masking (a ViT), "
                               f"not {type(module).__name__}")
-        module.register_forward_pre_hook(self._count)
+        old = _COUNTERS.pop(module, None)
+        if old is not None:  # a later Trainer on the same module (tests, sweeps): one counter only
+            old.remove()
+        _COUNTERS[module] = module.register_forward_pre_hook(self._count)
 
     def _count(self, module, args) -> None:
         if torch.is_grad_enabled() and args and torch.is_tensor(args[0]):
