@@ -78,6 +78,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
     from ..models import check_config as check_model_config  # imports torch: only when validating
     check_model_config(cfg.model)
+    from ..models import randomized_at_test
+    if randomized_at_test(cfg.model) and cfg.eval.eot_samples < 2:
+        raise ConfigError(f"key 'eval.eot_samples': model '{cfg.model.name}' draws noise at test "
+                          "(model.kwargs.test_noise); attack it with expectation over transformation, "
+                          "eval.eot_samples >= 2 (Athalye et al. 2018), or set test_noise: false")
     from ..engine.optim import requires_closure
     if requires_closure(cfg.optim.name):
         if cfg.engine.backend != "torch":
