@@ -7,7 +7,7 @@ the shipped model (`create_model`: PNI / VIB / DropBlock options) and the DeepSp
 trains STEPS optimizer steps at global batch 32 (micro-batch 16: 1 rank accumulates 2,
 2 ranks take one each) on in-memory digits, and saves per case: the global losses (rank 0),
 the consolidated weights, and what the probes saw. Probes are test-only observer add-ons
-(`_record`) composed around the method under test, plus a forward hook on DropBlock.
+(`_record_in`, `_record_out`, `_paint`) composed around the method under test, plus a forward hook on DropBlock.
 """
 import os
 import sys
@@ -27,20 +27,25 @@ STEPS = 3
 SEEN = {}
 
 
-@register_method("_record")
 class Record(Method):
-    """Test-only observer: stores the batch it sees under kwargs.tag, changes nothing."""
-    name = "_record"
+    """Test-only observer: stores the batch it sees under its tag, changes nothing."""
     events = (Event.BEFORE_FORWARD,)
-
-    def __init__(self, cfg):
-        super().__init__(cfg)
-        self.tag = cfg.kwargs["tag"]
+    tag = ""
 
     def before_forward(self, x, y, ctx):
         SEEN.setdefault(self.tag, []).append((x.detach().clone(), y.detach().clone(),
                                               ctx.sample_index.clone()))
         return x, y
+
+
+@register_method("_record_in")
+class RecordIn(Record):
+    name, tag = "_record_in", "in"
+
+
+@register_method("_record_out")
+class RecordOut(Record):
+    name, tag = "_record_out", "out"
 
 
 @register_method("_paint")
@@ -57,23 +62,26 @@ class Paint(Method):
 
 def around(name, **kw):
     inner = ", ".join(f"{k}: {v}" for k, v in kw.items())
-    return (f"method.extra=[{{name: _paint}}, {{name: _record, kwargs: {{tag: in}}}}, "
-            f"{{name: {name}, kwargs: {{{inner}}}}}, {{name: _record, kwargs: {{tag: out}}}}]")
+    return (f"method.extra=[{{name: _paint}}, {{name: _record_in}}, {{name: {name}, kwargs: {{{inner}}}}}, "
+            "{name: _record_out}]")
 
 
+# eval-mode attacks read BatchNorm running statistics, which 1 rank updates between its two
+# accumulated micro-batches and 2 ranks do not: adversarial cases use the model without BatchNorm
+NO_BN = "model.kwargs.batchnorm=false"
 CASES = {
     "noise": ["method.name=standard", around("gaussian_noise", sigma=0.3)],
     "cutmix": ["method.name=standard", around("cutmix", alpha=1.0)],
     "mixup": ["method.name=standard", around("mixup", alpha=0.4)],
     "cutout": ["method.name=standard", around("cutout", size=4)],
     "pni": ["method.name=pgd_at", "method.attack.eps=0.2", "method.attack.steps=2", "model.pni=channel",
-            "optim.weight_decay=0.05", "method.extra=[{name: pni}]"],
+            "optim.weight_decay=0.05", "method.extra=[{name: pni}]", NO_BN],
     "dropblock": ["method.name=standard", "model.kwargs.dropblock_prob=0.2", "model.kwargs.dropblock_size=3"],
     "vib": ["method.name=standard", "model.vib_dim=8", "method.extra=[{name: vib, kwargs: {beta: 0.01}}]"],
     "penalty": ["method.name=standard", "method.extra=[{name: confidence_penalty, kwargs: {beta: 0.5}}]"],
     "huber": ["method.name=huber", "method.kwargs.delta=0.5"],
     "trades_cutmix": ["method.name=trades", "method.attack.eps=0.2", "method.attack.steps=2",
-                      "method.extra=[{name: cutmix, kwargs: {alpha: 1.0}}]"],
+                      "method.extra=[{name: cutmix, kwargs: {alpha: 1.0}}]", NO_BN],
 }
 
 
