@@ -114,6 +114,8 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                           tracker=tracker, run_dir=str(run_dir), **(hooks or {}))
         history = trainer.fit()
         train_seconds = time.time() - t0
+        summary_fn = getattr(engine.optimizer, "summary", None)  # Langevin: temperature schedule, violations
+        optim_summary = summary_fn() if callable(summary_fn) else None  # collective: every rank
 
         report: Dict[str, Any] = {}
         if dist.rank == 0:
@@ -124,6 +126,10 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "global_step": history.get("global_step"),
                                "final": history.get("train", {}), "best": history.get("best", {}),
                                "resumed_from": history.get("resumed_from")}
+            if optim_summary:
+                report["optimizer"] = optim_summary
+                tracker.log({f"optim/{k}": v for k, v in optim_summary.items() if isinstance(v, (int, float))},
+                            step=engine.global_step)
             _finish_report(report, run_dir, tracker, step=engine.global_step)
         tracker.finish()
         return report

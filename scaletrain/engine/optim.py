@@ -65,6 +65,7 @@ def param_groups(model: torch.nn.Module):
 
 def create_optimizer(cfg, params) -> torch.optim.Optimizer:
     """Build the optimizer named by `cfg.name` (the `optim` section) over `params`."""
+    _register_builtins()
     opt = OPTIMIZERS.create(cfg.name, params, cfg)
     if not isinstance(opt, torch.optim.Optimizer):
         raise TypeError(f"optimizer builder '{cfg.name}' returned {type(opt).__name__}, "
@@ -72,7 +73,12 @@ def create_optimizer(cfg, params) -> torch.optim.Optimizer:
     return opt
 
 
+def _register_builtins() -> None:
+    from .. import optim  # noqa: F401  (Langevin, constrained, ... register themselves)
+
+
 def available() -> List[str]:
+    _register_builtins()
     return OPTIMIZERS.names()
 
 
