@@ -22,14 +22,17 @@ CHOICES = {
     "eval.norm": ("linf", "l2"),
     "eval.model_mode": ("eval", "train"),
     "tracking.mode": ("auto", "offline", "online", "disabled"),
+    "engine.placement": ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"),
 }
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "engine.workers",
             "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps",
-            "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
+            "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size",
+            "train.eval_samples", "ensemble.size")
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
-                "method.attack.eps", "method.attack.steps", "train.keep_last")
+                "method.attack.eps", "method.attack.steps", "train.keep_last", "train.eval_every_epochs",
+                "train.eval_steps", "ensemble.concurrency")
 
 
 def _get(cfg: DictConfig, path: str):
@@ -64,6 +67,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.epoch_size", "data.augment.resize"):
         if _get(cfg, key) is not None and _get(cfg, key) <= 0:
             raise ConfigError(f"key '{key}': must be > 0 (or null), got {_get(cfg, key)}")
+    if cfg.train.eval_eps is not None and cfg.train.eval_eps < 0:
+        raise ConfigError(f"key 'train.eval_eps': must be >= 0 (or null), got {cfg.train.eval_eps}")
     for key in ("data.shuffle_buffer", "data.augment.crop_padding"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"key '{key}': must be >= 0, got {_get(cfg, key)}")
@@ -73,3 +78,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("key 'model.std': every entry must be > 0")
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    for k, v in cfg.engine.worker_resources.items():
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"key 'engine.worker_resources.{k}': must be a number > 0, got {v}")
