@@ -30,6 +30,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import threading
 import time
 import traceback
 from dataclasses import asdict
@@ -99,6 +100,13 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
         def on_epoch_end(self, trainer, metrics):
             last.update(epoch_metrics(trainer, metrics))
 
+    # When Tune stops this trial (ASHA) it ends the actor; this thread (a daemon) would die
+    # mid-epoch, before the trial record and the W&B run are closed. A non-daemon guard keeps
+    # the process alive until this function has finished (the interpreter waits for it);
+    # a reused actor waits for the thread too (TUNE_FUNCTION_THREAD_TIMEOUT_S, read per reset).
+    os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "120"
+    finished = threading.Event()
+    threading.Thread(target=finished.wait, args=(300,), name="scaletrain-trial-guard", daemon=False).start()
     t0 = time.time()
     try:
         with use_hooks(FiniteLossGuard(), Last()):
@@ -117,6 +125,7 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
         record.update(status="stopped", metrics=dict(last), seconds=round(time.time() - t0, 3))
         _write_json(os.path.join(run_dir, RECORD), record)
         _close_wandb(0)
+        finished.set()
         raise
     except Exception as e:  # noqa: BLE001 - a failing trial is a result, the sweep goes on
         record.update(status="failed", metrics=dict(last), error=f"{type(e).__name__}: {e}".splitlines()[0],
@@ -124,6 +133,7 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
         _close_wandb(1)
     record["seconds"] = round(time.time() - t0, 3)
     _write_json(os.path.join(run_dir, RECORD), record)
+    finished.set()
     if record["status"] == "ok":
         tune.report({k: v for k, v in record["metrics"].items() if isinstance(v, (int, float))})
 
