@@ -82,6 +82,14 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
     from ..models import check_config as check_model_config  # imports torch: only when validating
     check_model_config(cfg.model)
+    from ..engine.optim import requires_closure
+    if requires_closure(cfg.optim.name):
+        if cfg.engine.backend != "torch":
+            raise ConfigError(f"key 'engine.backend': optimizer '{cfg.optim.name}' steps with a closure (line "
+                              "search), which DeepSpeed's engine.step() cannot pass; use engine.backend=torch")
+        if cfg.engine.grad_accum != 1 or cfg.engine.global_batch_size is not None or cfg.engine.precision == "fp16":
+            raise ConfigError(f"key 'optim.name': '{cfg.optim.name}' line-searches one micro-batch: needs "
+                              "engine.grad_accum=1, no engine.global_batch_size, and no fp16 loss scaling")
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
     for k, v in cfg.engine.worker_resources.items():
