@@ -143,3 +143,16 @@ class PNI(_WithOptions):
         if not alphas:
             return out
         return MethodOutput(out.loss, out.logits, dict(out.info, pni_alpha=sum(alphas) / len(alphas)))
+
+
+def check_model_addons(cfg) -> None:
+    """Load-time cross-check: the `pni` / `vib` add-ons need the model option they act on."""
+    sections = [("method", cfg.method)] + [(f"stages.{i}.method", st.method) for i, st in enumerate(cfg.stages)
+                                           if st.method is not None]
+    for key, m in sections:
+        for i, e in enumerate(m.get("extra", None) or []):
+            if e.name == "pni" and cfg.model.pni == "off":
+                raise ConfigError(f"key '{key}.extra.{i}.name': 'pni' acts on PNI layers; set model.pni=layer "
+                                  "or model.pni=channel")
+            if e.name == "vib" and not cfg.model.vib_dim:
+                raise ConfigError(f"key '{key}.extra.{i}.name': 'vib' needs a VIB head; set model.vib_dim > 0")

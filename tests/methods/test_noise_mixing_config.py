@@ -26,6 +26,8 @@ from scaletrain.methods import available, create_method
     ("model.kwargs.dropblock_prob=1.0", "model.kwargs.dropblock_prob"),
     ("model.kwargs.dropblock_size=0", "model.kwargs.dropblock_size"),
     ("eval.eot_samples=0", "eval.eot_samples"),
+    ("method.extra=[{name: pni}]", "method.extra.0.name"),
+    ("method.extra=[{name: cutmix}, {name: vib}]", "method.extra.1.name"),
 ])
 def test_out_of_range_options_name_their_key(override, key):
     with pytest.raises(ConfigError, match=f"key '{key}'"):
