@@ -36,8 +36,10 @@ ADV = ["method.attack.eps=0.25", "method.attack.steps=5"]          # the default
 ROWS = [
     ("standard", ["method.name=standard"], []),
     ("PGD-AT (PGD-5)", ["method.name=pgd_at", *ADV], []),
-    ("fast AT (FGSM-RS) + guard", ["method.name=fast_at", "method.attack.eps=0.25", "method.guard.every=20"], []),
-    ("Free AT (m=4)", ["method.name=free_at", "method.attack.eps=0.25", "method.replays=4"], []),
+    ("fast AT (FGSM-RS) + guard", ["method.name=fast_at", "method.attack.name=fgsm_rs", "method.attack.eps=0.25",
+                                   "method.guard.every=20"], []),
+    ("Free AT (m=4)", ["method.name=free_at", "method.attack.eps=0.25", "method.attack.steps=1",
+                       "method.replays=4"], []),
     ("TRADES (beta 6)", ["method.name=trades", *ADV, "method.beta=6.0"], []),
     ("MART (beta 6)", ["method.name=mart", *ADV, "method.beta=6.0"], []),
     ("Gaussian noise (sigma 0.25)", ["method.name=standard",
