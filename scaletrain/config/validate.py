@@ -29,7 +29,8 @@ POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "en
             "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
-                "method.attack.eps", "method.attack.steps", "train.keep_last")
+                "method.attack.eps", "method.attack.steps", "train.keep_last", "train.ckpt_every_minutes",
+                "train.preempt_grace_s")
 
 
 def _get(cfg: DictConfig, path: str):

@@ -32,6 +32,7 @@ from . import dist as D
 from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
+from .preempt import Preempted, StopCoordinator, clear_stop
 
 
 @dataclass
@@ -113,16 +114,24 @@ class Trainer:
         path = resolve_resume(self.cfg.resume, self.run_dir)
         if path:
             self.restore(path)
-        while True:
-            try:
-                self._run()
-                break
-            except _Rollback as r:
-                self.rollbacks += 1
-                latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
-                if latest is None:
-                    raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
-                self.restore(latest)
+        if self.is_rank0:
+            clear_stop(self.run_dir)  # a stop request of an earlier, interrupted launch
+        t = self.cfg.train
+        self.stopper = StopCoordinator(self.run_dir, t.ckpt_every_minutes, t.preempt_grace_s,
+                                       self.engine.rank, self.engine.world_size)
+        try:
+            while True:
+                try:
+                    self._run()
+                    break
+                except _Rollback as r:
+                    self.rollbacks += 1
+                    latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
+                    if latest is None:
+                        raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
+                    self.restore(latest)
+        finally:
+            self.stopper.close()
         result = self._finish(time.time() - t0)
         call(self.hooks, "on_fit_end", self, result)
         return result
@@ -138,9 +147,8 @@ class Trainer:
                 for x, y in self._progress(batches, si, ep, loader):
                     self._train_step(method, x, y, si, ep)
                     self.pos.batch += 1
-                    if cfg.train.ckpt_every and eng.last_was_boundary and \
-                            eng.global_step % cfg.train.ckpt_every == 0:
-                        self.save_checkpoint(loader)
+                    if eng.last_was_boundary:
+                        self._at_boundary(loader)
                 if self._bar is not None:
                     self._bar.close()
                 self.pos = Position(si, ep + 1, 0)
@@ -225,7 +233,17 @@ class Trainer:
         call(self.hooks, "on_epoch_end", self, metrics)
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, loader=None) -> str:
+    def _at_boundary(self, loader) -> None:
+        """Checkpoint by steps, by time (train.ckpt_every_minutes) or on a stop request; the
+        time and stop decisions are all-reduced, so every rank saves (and stops) at the same step."""
+        every, step = self.cfg.train.ckpt_every, self.engine.global_step
+        stop, due = self.stopper.poll() if self.stopper is not None else (False, False)
+        if (every and step % every == 0) or due or stop:
+            self.save_checkpoint(loader, interrupted=self.stopper.reason if stop else None)
+        if stop:
+            raise Preempted(self.stopper.reason, step, self.last_checkpoint)
+
+    def save_checkpoint(self, loader=None, interrupted: Optional[str] = None) -> str:
         rank_state = {"rng": rng_state(), "loader": None}
         if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
             rank_state["loader"] = loader.state_dict()
@@ -233,8 +251,12 @@ class Trainer:
                 "stage": self.pos.stage, "epoch": self.pos.epoch, "batch": self.pos.batch,
                 "best": self.best, "last_metrics": self.last_metrics, "rollbacks": self.rollbacks,
                 "stages": len(self.stages)}
+        if interrupted:
+            meta["interrupted"] = interrupted
         path = self.ckpt.save(self.engine, meta, rank_state, OmegaConf.to_yaml(self.cfg))
         self.last_checkpoint = path
+        if self.stopper is not None:
+            self.stopper.saved()
         call(self.hooks, "on_checkpoint", self, path, dict(self.last_metrics, step=self.engine.global_step))
         return path
 
@@ -278,6 +300,7 @@ class Trainer:
 
     # ---- helpers ----------------------------------------------------------------------------
     _bar = None
+    stopper: Optional[StopCoordinator] = None
 
     def _progress(self, batches, si: int, ep: int, loader):
         if not (self.is_rank0 and self.cfg.train.progress):
