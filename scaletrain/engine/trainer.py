@@ -29,7 +29,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import dist as D
-from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
+from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
 from .preempt import Preempted, StopCoordinator, clear_stop
@@ -244,7 +244,8 @@ class Trainer:
             raise Preempted(self.stopper.reason, step, self.last_checkpoint)
 
     def save_checkpoint(self, loader=None, interrupted: Optional[str] = None) -> str:
-        rank_state = {"rng": rng_state(), "loader": None}
+        # buffers (BatchNorm statistics) are rank-local: DeepSpeed saves rank 0's only
+        rank_state = {"rng": rng_state(), "loader": None, "buffers": module_buffers(self.engine.module)}
         if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
             rank_state["loader"] = loader.state_dict()
         meta = {"step": self.engine.global_step, "micro_step": self.engine.micro_step,
@@ -269,6 +270,7 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
         self.last_checkpoint = self.resumed_from = path
         self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
+        load_buffers(self.engine.module, rank_state.get("buffers"))
         self._meter = self._new_meter()
         set_rng_state(self._pending_rng)
         self._truncate_log(meta["step"])
