@@ -51,9 +51,12 @@ class SignalLatch:
         self._old = {}
         self._timer: Optional[threading.Timer] = None
         self.installed = False
+        self.on_trigger = None   # callable(reason): e.g. the Ray driver writes the stop file
 
-    def install(self, grace_s: float) -> bool:
+    def install(self, grace_s: float, on_trigger=None) -> bool:
         self.grace_s = float(grace_s)
+        if on_trigger is not None:
+            self.on_trigger = on_trigger
         if self.installed:
             return True
         if threading.current_thread() is not threading.main_thread():
@@ -65,19 +68,26 @@ class SignalLatch:
         self.installed = True
         return True
 
-    def uninstall(self) -> None:
+    def reset(self) -> None:
+        """Forget a request (the run it was for has ended) and stop the grace watchdog."""
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.reason = None
+
+    def uninstall(self) -> None:
+        self.reset()
         if self.installed and threading.current_thread() is threading.main_thread():
             for sig, old in self._old.items():
                 signal.signal(sig, old if old is not None else signal.SIG_DFL)
-        self._old, self.installed, self.reason = {}, False, None
+        self._old, self.installed, self.reason, self.on_trigger = {}, False, None, None
 
     def trigger(self, reason: str, signum: int = signal.SIGTERM) -> None:
         if self.reason is not None:
             return
         self.reason = reason
+        if self.on_trigger is not None:
+            self.on_trigger(reason)
         if self.grace_s > 0:  # the watchdog: never overrun the scheduler's grace period
             self._timer = threading.Timer(self.grace_s, self._expire, args=(signum,))
             self._timer.daemon = True
@@ -156,6 +166,8 @@ class StopCoordinator:
     def close(self) -> None:
         if self.handles_signals:
             LATCH.uninstall()
+        else:
+            LATCH.reset()
         if self._group is not None:
             tdist.destroy_process_group(self._group)
             self._group = None
