@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from omegaconf import II
+
 
 @dataclass
 class AugmentConfig:
@@ -46,15 +48,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "digits_cnn"       # registered model: digits_cnn, mlp, wide_mlp
+    name: str = "digits_cnn"       # registered model (scaletrain.models.available(); docs/models.md)
     num_classes: int = 10          # output classes (>= classes in the data)
     in_channels: int = 1           # image channels (must match the data)
     image_size: int = 8            # input side in pixels (for models that need it)
-    width: int = 16                # channels of the first conv (model-specific width knob)
+    width: Optional[int] = None    # model-specific width knob (first conv channels; WRN: widening factor); null = the model's published default
     # normalisation lives inside the model: attacks work in [0, 1] pixel space
     mean: List[float] = field(default_factory=lambda: [0.0]) # per-channel mean subtracted inside the model
     std: List[float] = field(default_factory=lambda: [1.0]) # per-channel std divided inside the model
-    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}
+    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}; checked against the model at load; digits_cnn: dropblock_prob, dropblock_size
+    sync_bn: bool = False          # BatchNorm statistics synchronised across ranks (converted by the engine when world size > 1)
+    pni: str = "off"               # Parametric Noise Injection on every conv/linear weight: off | layer | channel (one trainable alpha per layer / output channel; docs/methods.md)
+    pni_init: float = 0.25         # initial PNI alpha (Rakin et al. 2019 use 0.25), >= 0
+    vib_dim: int = 0               # variational information bottleneck head of this many latent dims replacing the classifier (0 = off; train with method vib)
 
 
 @dataclass
@@ -72,10 +78,57 @@ class AttackConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Catastrophic-overfitting guard of fast_at (docs/methods.md)."""
+    every: int = 0                 # optimizer steps between PGD probes on the training batch (0 = guard off)
+    pgd_steps: int = 10            # PGD iterations of the probe (step 2.5 eps / steps, random start)
+    collapse: float = 0.5          # fires when probe PGD accuracy < collapse x its best so far ...
+    gap: float = 0.3               # ... and probe FGSM accuracy >= PGD accuracy + gap
+    response: str = "step_size"    # step_size (multiply the attack step by step_factor) | rollback (reload the last checkpoint)
+    step_factor: float = 0.5       # step_size response: the new attack step is the old one times this
+    max_responses: int = 3         # responses allowed per run; after that the guard only alerts
+
+
+@dataclass
+class AddOnConfig:
+    """A further method composed with the main one (batch transform, regulariser, ...)."""
+    name: str = ""                 # registered method name (its events must not include the loss)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # options of that method
+
+
+@dataclass
 class MethodConfig:
-    name: str = "pgd_at"           # standard | pgd_at | ... (scaletrain.methods.available())
+    name: str = "pgd_at"           # standard | pgd_at | fast_at | free_at | trades | mart | ... (scaletrain.methods.available())
     attack: AttackConfig = field(default_factory=AttackConfig) # the inner attack for adversarial methods
-    kwargs: Dict[str, Any] = field(default_factory=dict) # method options, e.g. pgd_at: clean_fraction, label_smoothing
+    beta: Optional[float] = None   # trades / mart: weight of the robust term (None = 6.0, the papers' value)
+    clean_weight: float = 0.0      # adversarial methods: loss = (1 - w) adversarial + w clean (0 = pure adversarial)
+    label_smoothing: float = 0.0   # label smoothing of the cross-entropy terms (standard, pgd_at, fast_at, free_at)
+    attack_target: str = "label"   # label | prediction: attack the model's own clean prediction (no label leaking)
+    eps_warmup_steps: int = 0      # ramp the attack eps linearly from eps/W to eps over the first W optimizer steps
+    steps_warmup_steps: int = 0    # ramp the attack iterations linearly from 1 to attack.steps over W optimizer steps
+    replays: int = 4               # free_at: m, the times each batch is replayed (epochs are divided by m)
+    guard: GuardConfig = field(default_factory=GuardConfig) # fast_at: catastrophic-overfitting guard
+    extra: List[AddOnConfig] = field(default_factory=list) # further methods composed with this one, in order
+    seed: Optional[int] = None     # seed of the methods' per-sample random draws (None = the run's seed)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # options of methods registered outside scaletrain
+
+
+@dataclass
+class LangevinConfig:
+    """Langevin optimizers (sgld, baoab, circle, orthogonal): docs/methods.md."""
+    temperature: float = 1.0e-5    # temperature T at the start (0 = deterministic)
+    temperature_schedule: str = "constant"  # constant | linear | cosine | exponential | step (cooling to temperature_final)
+    temperature_final: float = 0.0  # temperature reached on the last optimizer step
+    cooling_start: float = 0.0     # fraction of the run after which cooling starts, in [0, 1)
+    friction: float = 1.0          # friction gamma of underdamped Langevin (> 0); c = exp(-gamma * lr)
+    noise_seed: int = II("seed")   # key of the counter-based noise (default: the run's seed)
+    radius: float = 1.0            # circle constraint: |w| <= radius for all constrained layers but the first
+    radius_first: Optional[float] = None  # circle radius of the first layer (None = radius)
+    constrain_biases: bool = False  # constrain 1-d parameters (biases, norms) too
+    constrain_output: bool = False  # constrain the last weight (the classifier head)
+    exclude: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names left unconstrained
+    tolerance: float = 1.0e-8      # orthogonal: SHAKE stops when max|Q^T Q - I| < tolerance
+    max_iterations: int = 100      # orthogonal: SHAKE iterations before falling back to a polar retraction
 
 
 @dataclass
@@ -88,6 +141,7 @@ class OptimConfig:
     schedule: str = "cosine"       # constant | cosine | linear | onecycle
     warmup_steps: int = 0          # linear warm-up optimizer steps
     kwargs: Dict[str, Any] = field(default_factory=dict) # schedule/optimizer extras: pct_start, div_factor, final_div_factor, min_lr
+    langevin: LangevinConfig = field(default_factory=LangevinConfig) # temperature, friction, constraints of sgld/baoab/circle/orthogonal
 
 
 @dataclass
@@ -108,6 +162,8 @@ class EngineConfig:
     max_failures: int = 0          # Ray Train: restarts from the last checkpoint after a worker dies
     ray_storage: Optional[str] = None  # Ray Train storage_path (shared FS / s3://; None = <run_dir>/ray)
     dist_backend: Optional[str] = None  # None = nccl on GPU, gloo on CPU
+    placement: str = "PACK"        # Ray placement of the workers: PACK | SPREAD | STRICT_SPREAD (one per node) | STRICT_PACK
+    worker_resources: Dict[str, float] = field(default_factory=dict)  # extra Ray resources per worker, e.g. {node_b: 1} (custom node resources)
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # merged into the generated DS config
 
 
@@ -129,7 +185,10 @@ class TrainConfig:
     keep_last: int = 2             # checkpoints kept
     ckpt_every_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0 = off)
     preempt_grace_s: float = 100.0 # on SIGTERM/SIGINT/SIGUSR1: max seconds to finish the step and checkpoint (0 = no limit)
-    eval_every_epochs: int = 0     # quick clean eval during training (0 = off)
+    eval_every_epochs: int = 0     # quick eval every N epochs: clean and PGD accuracy on a fixed test batch, logged as eval/acc, eval/pgd_acc and reported to Ray Tune (0 = off)
+    eval_samples: int = 256        # test samples in the quick eval's fixed batch (the first N of the test split)
+    eval_eps: Optional[float] = None  # PGD budget of the quick eval (None = method.attack.eps; 0 = clean only)
+    eval_steps: int = 5            # PGD iterations of the quick eval
     progress: bool = True          # tqdm progress bar on rank 0
 
 
@@ -147,6 +206,7 @@ class EvalConfig:
     noise_sigmas: List[float] = field(default_factory=list) # Gaussian-noise accuracy at these sigmas (corruption measure)
     autoattack: bool = False       # APGD-CE + APGD-T preset (reported separately as report["autoattack"])
     autoattack_steps: int = 100    # iterations per APGD run of the preset
+    eot_samples: int = 1           # expectation over transformation: attack gradients averaged over this many forwards (randomised models, e.g. model.pni); per attack: 'pgd:eot=10'
     certify: Dict[str, Any] = field(default_factory=dict)  # {sigma, n0, n, alpha, radii, max_samples}
     seed: int = 0                  # seed of attack starts, noise and certification
 
@@ -159,6 +219,13 @@ class TrackConfig:
     entity: Optional[str] = None   # W&B entity (team or user)
     group: Optional[str] = None    # W&B group (e.g. a sweep or an ensemble)
     tags: List[str] = field(default_factory=list)  # W&B tags
+    job_type: str = "train"        # W&B job_type (sweeps set trial, ensembles member, their summaries summary)
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = 1                  # K > 1: train K seeds (seed, seed+1, ...) as Ray Tune trials, then evaluate the averaged-logit ensemble (docs/sweeps.md)
+    concurrency: int = 0           # members trained at once (0 = as many as the logical CPUs allow)
 
 
 @dataclass
@@ -176,3 +243,42 @@ class ExperimentConfig:
     stages: List[StageConfig] = field(default_factory=list) # multi-stage recipe; empty = one stage from train/method
     eval: EvalConfig = field(default_factory=EvalConfig) # robustness suite run after training and by `scaletrain eval` (docs/evaluation.md)
     tracking: TrackConfig = field(default_factory=TrackConfig) # W&B
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig) # K-seed ensembles (docs/sweeps.md)
+
+
+# ---- sweep files (configs/sweeps/*.yaml, `scaletrain sweep`; docs/sweeps.md) -----------------
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"             # none | asha (asynchronous successive halving, Li et al. 2020, arXiv:1810.05934)
+    metric: Optional[str] = None   # metric reported during training that ASHA compares, e.g. val_pgd_acc (needs train.eval_every_epochs)
+    mode: str = "max"              # max | min for the scheduler's metric
+    grace_period: int = 1          # epochs every trial runs before it may be stopped
+    reduction_factor: int = 2      # at each rung only the best 1/reduction_factor go on
+    max_t: Optional[int] = None    # epochs of a full trial (None = train.epochs of the base config)
+
+
+@dataclass
+class SweepResources:
+    workers: int = 1               # Ray Train workers per trial (1 = the trial process trains itself)
+    cpus_per_worker: float = 1.0   # logical CPUs per worker; fractions allowed (0.5 = two workers per core)
+    gpus_per_worker: float = 0.0   # GPUs per worker (fractions allowed)
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"            # sweep name: folder <out_dir>/<name>, W&B group
+    base: Optional[str] = None     # experiment YAML the trials start from (relative to the sweep file; None = defaults)
+    overrides: Dict[str, Any] = field(default_factory=dict)  # key path -> value applied to every trial
+    space: Dict[str, Any] = field(default_factory=dict)  # key path -> {grid|choice: [..]} | {uniform|loguniform: [lo, hi]} | {randint: [lo, hi]}
+    num_samples: int = 1           # samples of the random search (each grid point is sampled this many times)
+    search: str = "random"         # random | grid (grid: only grid/choice parameters, every combination once)
+    seed: int = 0                  # seed of the random search
+    metric: str = "robustness_score"  # metric ranking the trials: a name of the report's scalar metrics, e.g. pgd/acc@0.2
+    mode: str = "max"              # max | min
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig) # optional ASHA early stopping
+    concurrency: int = 0           # trials at once (0 = as many as the logical CPUs allow)
+    resources: SweepResources = field(default_factory=SweepResources) # per trial
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig) # K seeds per configuration
+    out_dir: str = "sweeps"        # parent of the sweep folder
+    ray_address: Optional[str] = None  # existing Ray cluster (else RAY_ADDRESS, else a local one)

@@ -25,6 +25,7 @@ def autoattack_batch_fn(cfg, grid):
             alive = ok_clean.clone()
             for k, atk in enumerate((APGDCE(eps=e, steps=steps, norm=cfg.norm, model_mode=cfg.model_mode),
                                      APGDT(eps=e, steps=steps, norm=cfg.norm, model_mode=cfg.model_mode))):
+                atk.eot_samples = int(getattr(cfg, "eot_samples", 1))   # EOT for randomised models
                 idx = alive.nonzero().squeeze(1)
                 if idx.numel() == 0:
                     break
