@@ -39,8 +39,8 @@ from scaletrain.run import _DataSource  # noqa: E402
 VARIANTS = {
     "digits_cnn z0": ["engine.zero_stage=0"],
     "digits_cnn z2": ["engine.zero_stage=2"],
-    "wide_mlp z0": ["engine.zero_stage=0", "model.name=wide_mlp", "method.name=standard"],
-    "wide_mlp z2": ["engine.zero_stage=2", "model.name=wide_mlp", "method.name=standard"],
+    "wide_mlp z0": ["engine.zero_stage=0", "model.name=wide_mlp", "model.width=4096", "method.name=standard"],
+    "wide_mlp z2": ["engine.zero_stage=2", "model.name=wide_mlp", "model.width=4096", "method.name=standard"],
 }
 
 

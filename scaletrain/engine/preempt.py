@@ -126,7 +126,6 @@ class StopCoordinator:
         self._group = None
         if self.world > 1 and tdist.is_initialized() and tdist.get_backend() != "gloo":
             self._group = tdist.new_group(backend="gloo")  # collective: every rank builds it
-        self._buf = torch.zeros(2, dtype=torch.float64)
 
     def _stop_file(self) -> Optional[str]:
         now = time.monotonic()
@@ -148,13 +147,14 @@ class StopCoordinator:
             found = self._stop_file()
             if found is not None:
                 LATCH.trigger(found)
-        b = self._buf
-        b[0] = 1.0 if LATCH.reason is not None else 0.0
-        b[1] = 1.0 if (self.rank == 0 and self.every_s > 0 and
-                       time.monotonic() - self.last_ckpt_t >= self.every_s) else 0.0
+        flags = [1.0 if LATCH.reason is not None else 0.0,
+                 1.0 if (self.rank == 0 and self.every_s > 0 and
+                         time.monotonic() - self.last_ckpt_t >= self.every_s) else 0.0]
         if self.world > 1:
-            tdist.all_reduce(b, group=self._group)
-        return bool(b[0] > 0), bool(b[1] > 0)
+            t = torch.tensor(flags, dtype=torch.float64)
+            tdist.all_reduce(t, group=self._group)
+            flags = t.tolist()
+        return flags[0] > 0, flags[1] > 0
 
     def saved(self) -> None:
         self.last_ckpt_t = time.monotonic()
