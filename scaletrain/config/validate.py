@@ -106,6 +106,8 @@ def _validate_methods(cfg: DictConfig) -> None:
     for i, st in enumerate(cfg.stages):
         if st.method is not None:
             check_method_config(st.method, f"stages.{i}.method")
+    from ..methods.loss_terms import check_model_addons
+    check_model_addons(cfg)
 
 
 CONSTRAINED_OPTIMIZERS = ("circle", "orthogonal")
