@@ -74,6 +74,12 @@ class Tracker:
             return
         self.run.log(metrics, step=step)
 
+    def log_image(self, key: str, path: str, step: Optional[int] = None) -> None:
+        """A PNG written by the run (e.g. Hebbian filters) as a W&B image."""
+        if self.run is None:
+            return
+        self.run.log({key: self._wandb.Image(path)}, step=step)
+
     def log_report(self, report: Dict[str, Any], step: Optional[int] = None, prefix: str = "eval") -> None:
         """Robustness results: scalars (history + summary), a table and a curve plot per attack."""
         if self.run is None:
