@@ -24,16 +24,16 @@ import torch
 
 from .base import Attack, dlr_targeted_loss, normalize_grad, project
 from ..errors import ConfigError
+from ..rng import rand as _rand, randn as _randn
 
 
 def _start(x, eps, norm, generator):
     """AutoAttack's random start: a random direction scaled to the ball's surface, clipped to [0, 1]."""
-    dev = generator.device if generator is not None else x.device
     if norm == "linf":
-        t = (2 * torch.rand(x.shape, generator=generator, device=dev) - 1).to(x.device)
+        t = 2 * _rand(x.shape, generator, device=x.device) - 1
         t = t / t.flatten(1).abs().amax(1).clamp_min(1e-12).view(-1, *([1] * (x.dim() - 1)))
     else:
-        t = torch.randn(x.shape, generator=generator, device=dev).to(x.device)
+        t = _randn(x.shape, generator, device=x.device)
         t = t / (t.flatten(1).norm(dim=1).view(-1, *([1] * (x.dim() - 1))) + 1e-12)
     return (x + eps * t).clamp(0.0, 1.0)
 

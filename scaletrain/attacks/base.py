@@ -14,18 +14,24 @@ Contract (docs/attacks.md): ``attack(model, x, y, generator=None) -> x_adv``
 * The forward pass may run under ``torch.autocast`` (bf16 on GPU); logits are
   cast to fp32 before the loss and the perturbation is kept and updated in fp32.
 * All randomness comes from ``generator`` (a ``torch.Generator`` on the device
-  of ``x``, or on CPU), so a fixed generator seed gives the same ``x_adv``.
+  of ``x``, or on CPU, or a ``scaletrain.rng.SampleRNG`` whose numbers are keyed by
+  global sample index), so a fixed generator seed gives the same ``x_adv``.
+* The objective is open: ``attack(model, x, y, objective=f)`` maximises the per-sample
+  ``f(logits, y, clean_logits)`` instead of the configured loss (``clean_logits`` are the
+  model's fp32 logits of ``x`` in the attack's mode, no gradient). TRADES' KL and MART use
+  this with the same attacks as PGD-AT.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..rng import rand as _rand, randn as _randn
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "dlr")
@@ -107,19 +113,14 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: Optional[tor
     direction at a radius drawn uniformly from [0, eps] (denser near the centre than a uniform point
     of the ball, which in high dimension sits on the surface; measured stronger with few steps)."""
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
-        delta = (2 * u - 1).to(x.device) * eps
+        u = _rand(x.shape, generator, device=x.device)
+        delta = (2 * u - 1) * eps
     else:
-        dev = _gen_device(generator, x)
-        g = torch.randn(x.shape, generator=generator, device=dev, dtype=torch.float32)
-        r = torch.rand((x.shape[0],), generator=generator, device=dev, dtype=torch.float32)
+        g = _randn(x.shape, generator, device=x.device)
+        r = _rand((x.shape[0],), generator, device=x.device)
         radius = eps * r
         delta = (g / (_flat_norm(g, 2) + 1e-12) * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
     return (x + delta).clamp(0.0, 1.0)
-
-
-def _gen_device(generator: Optional[torch.Generator], x: torch.Tensor):
-    return generator.device if generator is not None else x.device
 
 
 # ---------------------------------------------------------------- the base class
@@ -186,7 +187,12 @@ class Attack:
         perturbation and its gradient stay fp32)."""
         return model(x if self._fwd_dtype in (None, x.dtype) else x.to(self._fwd_dtype)).float()
 
+    _custom = None           # an open objective f(logits, y, clean_logits), set for one call
+    _clean = None
+
     def objective(self, logits, y):
+        if self._custom is not None:
+            return self._custom(logits, y, self._clean)
         return per_sample_loss(self.loss, logits, y, self.targeted)
 
     eot_samples = 1          # expectation over transformation: gradients averaged over this many forwards
@@ -219,13 +225,20 @@ class Attack:
         return pred == y if self.targeted else pred != y
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 generator=None, objective: Optional[Callable] = None) -> torch.Tensor:
         if x.numel() == 0 or self.eps == 0:
             return x.detach().clone()
         x32 = x.detach().float()
         self._fwd_dtype = _input_dtype(model, x)
         with ModelMode(model, self.model_mode):
-            x_adv = self._run(model, x32, y, generator)
+            if objective is not None:
+                with torch.no_grad():
+                    self._clean = self.forward(model, x32).detach()
+                self._custom = objective
+            try:
+                x_adv = self._run(model, x32, y, generator)
+            finally:
+                self._custom = self._clean = None
         return x_adv.detach().to(x.dtype)
 
     def _run(self, model, x, y, generator):  # pragma: no cover - abstract

@@ -78,10 +78,39 @@ class AttackConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Catastrophic-overfitting guard of fast_at (docs/methods.md)."""
+    every: int = 0                 # optimizer steps between PGD probes on the training batch (0 = guard off)
+    pgd_steps: int = 10            # PGD iterations of the probe (step 2.5 eps / steps, random start)
+    collapse: float = 0.5          # fires when probe PGD accuracy < collapse x its best so far ...
+    gap: float = 0.3               # ... and probe FGSM accuracy >= PGD accuracy + gap
+    response: str = "step_size"    # step_size (multiply the attack step by step_factor) | rollback (reload the last checkpoint)
+    step_factor: float = 0.5       # step_size response: the new attack step is the old one times this
+    max_responses: int = 3         # responses allowed per run; after that the guard only alerts
+
+
+@dataclass
+class AddOnConfig:
+    """A further method composed with the main one (batch transform, regulariser, ...)."""
+    name: str = ""                 # registered method name (its events must not include the loss)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # options of that method
+
+
+@dataclass
 class MethodConfig:
-    name: str = "pgd_at"           # standard | pgd_at | ... (scaletrain.methods.available())
+    name: str = "pgd_at"           # standard | pgd_at | fast_at | free_at | trades | mart | ... (scaletrain.methods.available())
     attack: AttackConfig = field(default_factory=AttackConfig) # the inner attack for adversarial methods
-    kwargs: Dict[str, Any] = field(default_factory=dict) # method options, e.g. pgd_at: clean_fraction, label_smoothing
+    beta: Optional[float] = None   # trades / mart: weight of the robust term (None = 6.0, the papers' value)
+    clean_weight: float = 0.0      # adversarial methods: loss = (1 - w) adversarial + w clean (0 = pure adversarial)
+    label_smoothing: float = 0.0   # label smoothing of the cross-entropy terms (standard, pgd_at, fast_at, free_at)
+    attack_target: str = "label"   # label | prediction: attack the model's own clean prediction (no label leaking)
+    eps_warmup_steps: int = 0      # ramp the attack eps linearly from eps/W to eps over the first W optimizer steps
+    steps_warmup_steps: int = 0    # ramp the attack iterations linearly from 1 to attack.steps over W optimizer steps
+    replays: int = 4               # free_at: m, the times each batch is replayed (epochs are divided by m)
+    guard: GuardConfig = field(default_factory=GuardConfig) # fast_at: catastrophic-overfitting guard
+    extra: List[AddOnConfig] = field(default_factory=list) # further methods composed with this one, in order
+    seed: Optional[int] = None     # seed of the methods' per-sample random draws (None = the run's seed)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # options of methods registered outside scaletrain
 
 
 @dataclass

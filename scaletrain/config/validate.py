@@ -80,6 +80,16 @@ def validate(cfg: DictConfig) -> None:
     check_model_config(cfg.model)
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    _validate_methods(cfg)
+
+
+def _validate_methods(cfg: DictConfig) -> None:
+    """Method names, options and combinations (each method's own `check_config`), run and stages."""
+    from ..methods import check_method_config
+    check_method_config(cfg.method, "method")
+    for i, st in enumerate(cfg.stages):
+        if st.method is not None:
+            check_method_config(st.method, f"stages.{i}.method")
 
 
 CONSTRAINED_OPTIMIZERS = ("circle", "orthogonal")
@@ -110,6 +120,9 @@ def _validate_langevin(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
     if lc.max_iterations < 1:
         raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.method.name == "hebbian" and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError("key 'engine.zero_stage': method 'hebbian' writes whole first-layer weights and "
+                          "supports ZeRO 0-2, not 3")
     if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
                           "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")

@@ -63,18 +63,19 @@ def layer_input(model: nn.Module, layer: nn.Module, x: torch.Tensor) -> torch.Te
     return box["v"]
 
 
-def _options(cfg) -> Dict[str, Any]:
+def _options(cfg, key: str = "method") -> Dict[str, Any]:
     kw = dict(cfg.kwargs) if cfg is not None else {}
     unknown = set(kw) - set(DEFAULTS)
     if unknown:
-        raise ConfigError(f"key 'method.kwargs': unknown option(s) for hebbian: {', '.join(sorted(unknown))} "
+        raise ConfigError(f"key '{key}.kwargs': unknown option(s) for hebbian: {', '.join(sorted(unknown))} "
                           f"(options: {', '.join(DEFAULTS)})")
     o = dict(DEFAULTS, **kw)
-    for key, ok in (("hebbian_epochs", o["hebbian_epochs"] >= 0), ("p", o["p"] >= 1), ("k", o["k"] >= 1),
+    prefix = key
+    for name, ok in (("hebbian_epochs", o["hebbian_epochs"] >= 0), ("p", o["p"] >= 1), ("k", o["k"] >= 1),
                     ("delta", o["delta"] >= 0), ("eps", o["eps"] > 0), ("tol", o["tol"] > 0),
                     ("supervised", o["supervised"] in ("standard", "pgd_at"))):
         if not ok:
-            raise ConfigError(f"key 'method.kwargs.{key}': invalid value {o[key]!r} for hebbian")
+            raise ConfigError(f"key '{prefix}.kwargs.{name}': invalid value {o[name]!r} for hebbian")
     return o
 
 
@@ -102,7 +103,7 @@ class HebbianFirstLayer(Method):
 
     @classmethod
     def check_config(cls, cfg, key: str) -> None:
-        _options(cfg)
+        _options(cfg, key)
 
     def _hebbian_phase(self, ctx) -> bool:
         return ctx.stage == 0 and ctx.epoch < self.hebbian_epochs
