@@ -1,7 +1,7 @@
 """`method: hebbian`: a Krotov-Hopfield first layer learned without labels, then a classifier on top.
 
 Phase 1 (the first `hebbian_epochs` epochs of the first stage): the first layer (the first
-Conv2d/Linear of the model, or `layer`) learns by the local plasticity rule of
+Conv2d/Linear of the model, or `layer`; its initial weights rescaled to std `init_std`) learns by the local plasticity rule of
 `scaletrain.optim.hebbian` on its own inputs; the rest of the network is idle (the loss is a
 zero multiple of the logits, so gradient steps do nothing with SGD/Adam; the rule's update is
 written into the engine's fp32 master weights). ds is accumulated over the micro-batches of an
@@ -27,8 +27,8 @@ from ..optim import hebbian as H
 from . import METHODS, register_method
 from .base import Event, Method, MethodOutput
 
-DEFAULTS: Dict[str, Any] = {"hebbian_epochs": 3, "p": 3.0, "k": 2, "delta": 0.4, "eps": 0.02, "freeze": True,
-                            "supervised": "standard", "layer": None, "tol": 0.1}
+DEFAULTS: Dict[str, Any] = {"hebbian_epochs": 3, "p": 3.0, "k": 2, "delta": 0.4, "eps": 0.1, "freeze": True,
+                            "supervised": "standard", "layer": None, "tol": 0.1, "init_std": 1.0}
 
 
 class _Stop(Exception):
@@ -73,6 +73,7 @@ def _options(cfg, key: str = "method") -> Dict[str, Any]:
     prefix = key
     for name, ok in (("hebbian_epochs", o["hebbian_epochs"] >= 0), ("p", o["p"] >= 1), ("k", o["k"] >= 1),
                     ("delta", o["delta"] >= 0), ("eps", o["eps"] > 0), ("tol", o["tol"] > 0),
+                     ("init_std", o["init_std"] is None or o["init_std"] > 0),
                     ("supervised", o["supervised"] in ("standard", "pgd_at"))):
         if not ok:
             raise ConfigError(f"key '{prefix}.kwargs.{name}': invalid value {o[name]!r} for hebbian")
@@ -92,6 +93,7 @@ class HebbianFirstLayer(Method):
             float(o["delta"])
         self.eps0, self.freeze, self.layer_name, self.tol = float(o["eps"]), bool(o["freeze"]), o["layer"], \
             float(o["tol"])
+        self.init_std = o["init_std"]
         inner_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True)) if cfg is not None else None
         if inner_cfg is not None:
             inner_cfg.name, inner_cfg.kwargs = o["supervised"], {}
@@ -114,6 +116,11 @@ class HebbianFirstLayer(Method):
             if self.freeze and self.frozen_weight is None:   # the layer as phase 1 left it
                 self.frozen_weight = layer.weight.detach().float().clone()
             return self.inner.loss(model, x, y, ctx)
+        if self.updates == 0 and self._ds is None and self.init_std is not None:
+            # Krotov & Hopfield start from N(0, 1) weights: rescale the model's (seeded) init to
+            # std init_std, so units start with p-norms far from 1 and must earn their way there
+            w0 = layer.weight.detach().float()
+            ctx.engine.write_param(name, w0 * (float(self.init_std) / float(w0.std())))
         v = layer_input(ctx.attack_model, layer, x).float()
         w = layer.weight.detach().float()
         if isinstance(layer, nn.Conv2d):
