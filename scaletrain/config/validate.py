@@ -33,7 +33,8 @@ POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "en
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
                 "method.attack.eps", "method.attack.steps", "train.keep_last", "model.pni_init",
-                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency")
+                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency",
+                "train.ckpt_every_minutes", "train.preempt_grace_s")
 
 
 def _get(cfg: DictConfig, path: str):
