@@ -143,6 +143,9 @@ def _validate_langevin(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
     if lc.max_iterations < 1:
         raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.method.name == "hebbian" and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError("key 'engine.zero_stage': method 'hebbian' writes whole first-layer weights and "
+                          "supports ZeRO 0-2, not 3")
     if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
                           "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")
