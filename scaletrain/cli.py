@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import UserError
+from .errors import Preempted, UserError
 
 EPILOG_TRAIN = """\
 examples:
@@ -143,6 +143,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(ns.fn(ns) or 0)
     except UserError as e:
         print(f"scaletrain {ns.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Preempted as e:  # checkpoint written: rerun with resume=auto (docs/engine.md)
+        print(f"scaletrain {ns.command}: {e} (exit {e.exit_code})", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"scaletrain {ns.command}: interrupted", file=sys.stderr)

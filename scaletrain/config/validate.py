@@ -33,7 +33,8 @@ POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "en
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
                 "method.attack.eps", "method.attack.steps", "train.keep_last", "model.pni_init",
-                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency")
+                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency",
+                "train.ckpt_every_minutes", "train.preempt_grace_s")
 
 
 def _get(cfg: DictConfig, path: str):
@@ -105,6 +106,8 @@ def _validate_methods(cfg: DictConfig) -> None:
     for i, st in enumerate(cfg.stages):
         if st.method is not None:
             check_method_config(st.method, f"stages.{i}.method")
+    from ..methods.loss_terms import check_model_addons
+    check_model_addons(cfg)
 
 
 CONSTRAINED_OPTIMIZERS = ("circle", "orthogonal")
@@ -135,6 +138,9 @@ def _validate_langevin(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
     if lc.max_iterations < 1:
         raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.method.name == "hebbian" and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError("key 'engine.zero_stage': method 'hebbian' writes whole first-layer weights and "
+                          "supports ZeRO 0-2, not 3")
     if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
                           "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")
