@@ -32,9 +32,10 @@ import torch
 from omegaconf import OmegaConf
 
 from . import dist as D
-from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
+from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
+from .preempt import Preempted, StopCoordinator, clear_stop
 from .stages import Stage, StageRuntime, plan_stages, resolve_lengths  # noqa: F401 (Stage re-exported)
 from ..methods.base import Event, Method
 from ..rng import SampleRNG
@@ -123,19 +124,27 @@ class Trainer:
         path = resolve_resume(self.cfg.resume, self.run_dir)
         if path:
             self.restore(path)
-        while True:
-            try:
-                self._run()
-                break
-            except _Rollback as r:
-                self.rollbacks += 1
-                latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
-                if latest is None:
-                    raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
-                keep = {k: m.rollback_state() for k, m in self._live_methods().items()}
-                self.restore(latest)
-                for k, m in self._live_methods().items():
-                    m.load_rollback_state(keep.get(k, {}))
+        if self.is_rank0:
+            clear_stop(self.run_dir)  # a stop request of an earlier, interrupted launch
+        t = self.cfg.train
+        self.stopper = StopCoordinator(self.run_dir, t.ckpt_every_minutes, t.preempt_grace_s,
+                                       self.engine.rank, self.engine.world_size)
+        try:
+            while True:
+                try:
+                    self._run()
+                    break
+                except _Rollback as r:
+                    self.rollbacks += 1
+                    latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
+                    if latest is None:
+                        raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
+                    keep = {k: m.rollback_state() for k, m in self._live_methods().items()}
+                    self.restore(latest)
+                    for k, m in self._live_methods().items():
+                        m.load_rollback_state(keep.get(k, {}))
+        finally:
+            self.stopper.close()
         result = self._finish(time.time() - t0)
         call(self.hooks, "on_fit_end", self, result)
         return result
@@ -157,9 +166,8 @@ class Trainer:
                     self._train_step(method, x, y, si, ep)
                     self.stage_rt.after_batch(si, x.shape[0], int(getattr(method, "replays", 1)))
                     self.pos.batch += 1
-                    if cfg.train.ckpt_every and eng.last_was_boundary and \
-                            eng.global_step % cfg.train.ckpt_every == 0:
-                        self.save_checkpoint(loader)
+                    if eng.last_was_boundary:
+                        self._at_boundary(loader)
                 if self._bar is not None:
                     self._bar.close()
                 self.pos = Position(si, ep + 1, 0)
@@ -188,6 +196,8 @@ class Trainer:
             eng.backward(loss)
             if method.handles(Event.AFTER_BACKWARD):
                 method.after_backward(ctx)
+            if eng.needs_closure:  # line-search optimizers re-evaluate this batch's loss (optim/ncg.py)
+                eng.set_closure(self._loss_closure(method, x, y, ctx, si, index, step0, replay))
             moved = eng.step()  # at a boundary: sets the scheduled lr, then steps
             if method.handles(Event.AFTER_STEP):
                 method.after_step(ctx)
@@ -197,6 +207,14 @@ class Trainer:
         if ctx.rollback_reason:
             reason, ctx.rollback_reason = ctx.rollback_reason, None
             raise _Rollback(reason)
+
+    def _loss_closure(self, method, x, y, ctx, si, index, step0, replay):
+        """The method's loss of (x, y) at the current weights, with the same per-sample random numbers."""
+        def closure():
+            ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            with self.engine.autocast():
+                return method.loss(self.engine.forward, x, y, ctx)[0].detach()
+        return closure
 
     # ---- metrics ----------------------------------------------------------------------------
     @staticmethod
@@ -265,8 +283,20 @@ class Trainer:
         call(self.hooks, "on_epoch_end", self, metrics)
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, loader=None) -> str:
-        rank_state = {"rng": rng_state(), "loader": None, "stages": self.stage_rt.state_dict(),
+    def _at_boundary(self, loader) -> None:
+        """Checkpoint by steps, by time (train.ckpt_every_minutes) or on a stop request; the
+        time and stop decisions are all-reduced, so every rank saves (and stops) at the same step."""
+        every, step = self.cfg.train.ckpt_every, self.engine.global_step
+        stop, due = self.stopper.poll() if self.stopper is not None else (False, False)
+        if (every and step % every == 0) or due or stop:
+            self.save_checkpoint(loader, interrupted=self.stopper.reason if stop else None)
+        if stop:
+            raise Preempted(self.stopper.reason, step, self.last_checkpoint)
+
+    def save_checkpoint(self, loader=None, interrupted: Optional[str] = None) -> str:
+        # buffers (BatchNorm statistics) are rank-local: DeepSpeed saves rank 0's only
+        rank_state = {"rng": rng_state(), "loader": None, "buffers": module_buffers(self.engine.module),
+                      "stages": self.stage_rt.state_dict(),
                       "methods": {k: m.state_dict() for k, m in self._live_methods().items()}}
         if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
             rank_state["loader"] = loader.state_dict()
@@ -274,8 +304,12 @@ class Trainer:
                 "stage": self.pos.stage, "epoch": self.pos.epoch, "batch": self.pos.batch,
                 "best": self.best, "last_metrics": self.last_metrics, "rollbacks": self.rollbacks,
                 "stages": len(self.stages)}
+        if interrupted:
+            meta["interrupted"] = interrupted
         path = self.ckpt.save(self.engine, meta, rank_state, OmegaConf.to_yaml(self.cfg))
         self.last_checkpoint = path
+        if self.stopper is not None:
+            self.stopper.saved()
         call(self.hooks, "on_checkpoint", self, path, dict(self.last_metrics, step=self.engine.global_step))
         return path
 
@@ -289,6 +323,7 @@ class Trainer:
         self.last_checkpoint = self.resumed_from = path
         self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
         self.stage_rt.load_state_dict(rank_state.get("stages"))
+        load_buffers(self.engine.module, rank_state.get("buffers"))
         self._method_states = dict(rank_state.get("methods") or {})
         for k, m in self._live_methods().items():
             if k in self._method_states:
@@ -324,6 +359,7 @@ class Trainer:
 
     # ---- helpers ----------------------------------------------------------------------------
     _bar = None
+    stopper: Optional[StopCoordinator] = None
 
     def _progress(self, batches, si: int, ep: int, loader):
         if not (self.is_rank0 and self.cfg.train.progress):

@@ -96,6 +96,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
         body = _md_single(report, "Results")
     if report.get("stages"):
         body += _md_stages(report["stages"])
+    if "sensitivity" in report:  # added by `scaletrain analyze`
+        from .analyze_cli import markdown as sensitivity_markdown
+        body += sensitivity_markdown(report["sensitivity"])
     return "\n".join(["# Robustness report", ""] + body)
 
 
