@@ -47,6 +47,7 @@ class Stage:
     lr: float
     image_size: Optional[int] = None
     method: Any = None               # a MethodConfig, or None = the run's method
+    replays: int = 1                 # method.replays of the stage's method (set by the Trainer)
 
 
 def plan_stages(cfg) -> List[Stage]:
@@ -86,7 +87,7 @@ class StepContext:
         return D.all_reduce_sum(list(values))
 
     def alert(self, title: str, text: str, **metrics: float) -> None:
-        """A warning for the user: console, train_log.jsonl and W&B (rank 0)."""
+        """A warning for the user: console, <run_dir>/alerts.jsonl and W&B (rank 0)."""
         if self.alert_fn is not None:
             self.alert_fn(title, text, metrics)
 
@@ -130,6 +131,9 @@ class Trainer:
         self._loader_state = None
         self._meter = self._new_meter()
         self.is_rank0 = engine.rank == 0
+        for s in self.stages:  # `epochs` counts gradient passes: replaying methods (Free AT) run epochs / m
+            s.replays = int(self._method(s.index).replays)
+            s.epochs = -(-s.epochs // s.replays)
         if self.is_rank0:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -166,10 +170,13 @@ class Trainer:
                 batches = self._resume_iterator(loader)
                 eng.train()
                 for x, y in self._progress(batches, si, ep, loader):
+                    before = eng.global_step
                     self._train_step(method, x, y, si, ep)
                     self.pos.batch += 1
-                    if cfg.train.ckpt_every and eng.last_was_boundary and \
-                            eng.global_step % cfg.train.ckpt_every == 0:
+                    # at batch ends only; a replaying method (m steps per batch) saves when the
+                    # batch crossed a multiple of ckpt_every
+                    k = cfg.train.ckpt_every
+                    if k and eng.last_was_boundary and eng.global_step // k > before // k:
                         self.save_checkpoint(loader)
                 if self._bar is not None:
                     self._bar.close()
@@ -371,7 +378,7 @@ class Trainer:
         if not self.is_rank0:
             return
         print(f"[scaletrain] ALERT step {step}: {title}: {text}", flush=True)
-        with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:
+        with open(os.path.join(self.run_dir, "alerts.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "alert": title, "text": text, **metrics}) + "\n")
         if self.tracker is not None:
             self.tracker.alert(title, text, step=step, metrics=metrics)
@@ -414,7 +421,7 @@ class Trainer:
             if n is None:  # unknown length: the schedule cannot be laid out; keep the peak lr
                 segments = None
                 break
-            segments.append(Segment(steps=max(-(-n * s.epochs // ga), 1), lr=s.lr))
+            segments.append(Segment(steps=max(-(-n * s.epochs * s.replays // ga), 1), lr=s.lr))
         kind = o.schedule if segments is not None else "constant"
         if segments is None:
             segments = [Segment(steps=1, lr=s.lr) for s in self.stages]
