@@ -1,4 +1,4 @@
-"""`scaletrain` command line: train / eval / shards / export / launch.
+"""`scaletrain` command line: train / eval / shards / export / launch / sweep.
 
 The CLI only parses and calls the library. A `UserError` (bad key, missing
 file, corrupt shard, ...) prints one line and exits with code 2.
@@ -19,6 +19,7 @@ examples:
   scaletrain train train.epochs=5 tracking.wandb=false
   scaletrain train engine.zero_stage=2 method.attack.eps=0.3
   scaletrain train engine.launcher=ray engine.workers=2
+  scaletrain train ensemble.size=5                   # 5 seeds on Ray Tune + ensemble evaluation
 
 Overrides are OmegaConf dot-list items (key=value); lists as key=[a,b].
 An unknown key or a wrong type stops with exit code 2 and names the key.
@@ -42,7 +43,7 @@ def split_config_and_overrides(args: Sequence[str]) -> Tuple[Optional[str], List
 
 def _cmd_train(ns) -> int:
     from .config import load_config
-    from .run import train
+    from .orchestrate import train
     config, overrides = split_config_and_overrides(ns.args)
     if config is None and os.path.exists(os.path.join("configs", "default.yaml")):
         config = os.path.join("configs", "default.yaml")
@@ -53,6 +54,12 @@ def _cmd_train(ns) -> int:
         return 0
     train(cfg)
     return 0
+
+
+def _cmd_sweep(ns) -> int:
+    from .orchestrate import run_sweep
+    summary = run_sweep(ns.sweep_file, ns.overrides)
+    return 0 if summary["counts"]["ok"] or summary["counts"]["stopped"] else 1
 
 
 def _cmd_eval(ns) -> int:
@@ -97,6 +104,20 @@ def build_parser() -> argparse.ArgumentParser:
                         "defaults), then overrides")
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(fn=_cmd_train)
+
+    w = sub.add_parser("sweep", help="run a hyperparameter / ensemble sweep on Ray Tune",
+                       description="Run every trial of a sweep file (configs/sweeps/*.yaml) as a full scaletrain "
+                                   "run on Ray Tune, then write results.csv/json, summary.md and plots to "
+                                   "<out_dir>/<name>/. Re-running the same command continues an interrupted "
+                                   "sweep, skipping finished trials (docs/sweeps.md).",
+                       epilog="examples:\n  scaletrain sweep configs/sweeps/digits_eps.yaml\n"
+                              "  scaletrain sweep configs/sweeps/digits_eps.yaml concurrency=1 train.epochs=2\n\n"
+                              "Sweep keys (name, concurrency, num_samples, scheduler.name, ...) change the sweep; "
+                              "other key paths are experiment overrides for every trial.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("sweep_file", metavar="SWEEP.yaml")
+    w.add_argument("overrides", nargs="*", metavar="key=value")
+    w.set_defaults(fn=_cmd_sweep)
 
     for name, fn, helptext in (
             ("eval", _cmd_eval, "evaluate trained runs (one, or an ensemble) with the robustness suite"),

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .dist import DistInfo, ensure_ds_accelerator
-from .optim import LRSchedule, Segment, create_optimizer, param_groups
+from .optim import LRSchedule, Segment, create_optimizer, param_groups, requires_closure
+from .sync_bn import convert_sync_batchnorm
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -123,6 +124,7 @@ class Engine:
         self._lr = float(cfg.optim.lr)
         self.schedule: Optional[LRSchedule] = None
         self._scaler = None
+        self._closure: Optional[Callable[[], torch.Tensor]] = None
         if ds_engine is None and self.precision == "fp16":
             self._scaler = torch.amp.GradScaler("cuda")
 
@@ -224,9 +226,28 @@ class Engine:
         if self._scaler is not None:
             self._scaler.step(self.optimizer)
             self._scaler.update()
+        elif self.needs_closure:
+            self.optimizer.step(self._global_closure)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- closure-based optimizers (line searches: ncg) -----------------------------
+    @property
+    def needs_closure(self) -> bool:
+        return bool(getattr(self.optimizer, "requires_closure", False))
+
+    def set_closure(self, fn: Callable[[], torch.Tensor]) -> None:
+        """The loss of the current batch at the current weights (no backward), for the next step."""
+        self._closure = fn
+
+    def _global_closure(self) -> torch.Tensor:
+        """`set_closure`'s loss averaged over ranks, so every rank's line search decides alike."""
+        loss = self._closure().detach().float().reshape(1)
+        if self.world_size > 1:
+            tdist.all_reduce(loss)
+            loss /= self.world_size
+        return loss[0]
 
     # ---- ZeRO partition awareness ------------------------------------------------
     def param_slices(self) -> List[ParamSlice]:
@@ -339,6 +360,8 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
     ga = grad_accum_steps(cfg, dist.world_size)
     if cfg.engine.precision == "fp16" and dist.device.type != "cuda":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    if cfg.model.sync_bn and dist.world_size > 1:  # before DeepSpeed wraps (and ZeRO-3 partitions) it
+        model = convert_sync_batchnorm(model, dist.device.type)
     model = model.to(dist.device)
     make_opt = optimizer_factory or (lambda params: create_optimizer(cfg.optim, params))
     if backend == "torch":
@@ -352,15 +375,28 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
         return eng
     if backend != "deepspeed":
         raise ConfigError(f"key 'engine.backend': unknown backend '{backend}'")
+    if optimizer_factory is None and requires_closure(cfg.optim.name):
+        raise ConfigError(f"key 'optim.name': '{cfg.optim.name}' steps with a closure (line search), which "
+                          "DeepSpeed's engine.step() cannot pass; use engine.backend=torch")
     ensure_ds_accelerator(cfg.engine.device)
     import deepspeed  # after DS_ACCELERATOR is set
     opt = make_opt(param_groups(model))
     ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, dist.world_size),
                                               dist_init_required=False)
+    if cfg.engine.precision != "fp32" and int(cfg.engine.zero_stage) == 3:
+        _cast_float_buffers(ds_engine.module, _DTYPES[cfg.engine.precision])
     eng = Engine(cfg, model, opt, dist, ga, ds_engine=ds_engine)
     eng._apply_lr()
     _tell_partitions(eng)
     return eng
+
+
+def _cast_float_buffers(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """ZeRO-3 casts the parameters to bf16/fp16 but leaves the buffers fp32 (stages 0-2 cast the
+    whole module); BatchNorm's eval forward then fails on mixed dtypes. Match stages 0-2."""
+    for buf in module.buffers():
+        if buf.is_floating_point() and buf.dtype != dtype:
+            buf.data = buf.data.to(dtype)
 
 
 def _tell_partitions(eng: Engine) -> None:

@@ -205,6 +205,8 @@ class Trainer:
             eng.backward(loss)
             if method.handles(Event.AFTER_BACKWARD):
                 method.after_backward(ctx)
+            if eng.needs_closure:  # line-search optimizers re-evaluate this batch's loss (optim/ncg.py)
+                eng.set_closure(self._loss_closure(method, x, y, ctx, si, index, step0, replay))
             moved = eng.step()  # at a boundary: sets the scheduled lr, then steps
             if method.handles(Event.AFTER_STEP):
                 method.after_step(ctx)
@@ -214,6 +216,14 @@ class Trainer:
         if ctx.rollback_reason:
             reason, ctx.rollback_reason = ctx.rollback_reason, None
             raise _Rollback(reason)
+
+    def _loss_closure(self, method, x, y, ctx, si, index, step0, replay):
+        """The method's loss of (x, y) at the current weights, with the same per-sample random numbers."""
+        def closure():
+            ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            with self.engine.autocast():
+                return method.loss(self.engine.forward, x, y, ctx)[0].detach()
+        return closure
 
     # ---- metrics ----------------------------------------------------------------------------
     @staticmethod

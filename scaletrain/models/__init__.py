@@ -18,6 +18,10 @@ _BUILTIN = (
     "cnn",
     "mnist_small",
     "resnet",
+    "ode",
+    "resnet_ode",
+    "sde",
+    "deq",
 )
 _COMMON = ("num_classes", "in_channels", "image_size", "width", "mean", "std")
 
@@ -73,6 +77,13 @@ def check_config(cfg) -> None:
     check = getattr(builder, "check_kwargs", None)
     if callable(check):
         check(model_kwargs(cfg))
+    if cfg.sync_bn:
+        import torch
+        from torch import nn
+        with torch.device("meta"):
+            model = create_model(cfg)
+        if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+            raise ConfigError(f"key 'model.sync_bn': model '{cfg.name}' has no BatchNorm layer to synchronise")
 
 
 def check_data(cfg, image_size: int, in_channels: int) -> None:
