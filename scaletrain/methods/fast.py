@@ -100,6 +100,9 @@ class FastAT(AdversarialMethod):
             raise ConfigError(f"key '{gk}.step_factor': must be in (0, 1), got {g.step_factor}")
         if g.max_responses < 0:
             raise ConfigError(f"key '{gk}.max_responses': must be >= 0, got {g.max_responses}")
+        if g.every and cfg.attack.name == "fgsm":
+            raise ConfigError(f"key '{key}.attack.name': the guard's responses lower the FGSM step, but fgsm "
+                              f"always steps by eps; use fgsm_rs (step method.attack.alpha, default 1.25 eps)")
 
     def _probing(self, step: int) -> bool:
         return bool(self.guard.every) and step % int(self.guard.every) == 0
