@@ -33,7 +33,8 @@ POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "en
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
                 "method.attack.eps", "method.attack.steps", "train.keep_last", "model.pni_init",
-                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency")
+                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency",
+                "train.ckpt_every_minutes", "train.preempt_grace_s")
 
 
 def _get(cfg: DictConfig, path: str):
@@ -82,6 +83,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
     from ..models import check_config as check_model_config  # imports torch: only when validating
     check_model_config(cfg.model)
+    from ..models import randomized_at_test
+    if randomized_at_test(cfg.model) and cfg.eval.eot_samples < 2:
+        raise ConfigError(f"key 'eval.eot_samples': model '{cfg.model.name}' draws noise at test "
+                          "(model.kwargs.test_noise); attack it with expectation over transformation, "
+                          "eval.eot_samples >= 2 (Athalye et al. 2018), or set test_noise: false")
     from ..engine.optim import requires_closure
     if requires_closure(cfg.optim.name):
         if cfg.engine.backend != "torch":
@@ -145,6 +151,9 @@ def _validate_langevin(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
     if lc.max_iterations < 1:
         raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.method.name == "hebbian" and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError("key 'engine.zero_stage': method 'hebbian' writes whole first-layer weights and "
+                          "supports ZeRO 0-2, not 3")
     if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
                           "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")

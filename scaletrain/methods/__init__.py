@@ -20,7 +20,7 @@ register_method = METHODS.register
 
 
 def _builtins():
-    from . import adversarial, augment, fast, free, loss_terms, standard, trades  # noqa: F401  (register built-ins)
+    from . import adversarial, augment, fast, free, hebbian, loss_terms, standard, trades  # noqa: F401  (register built-ins)
 
 
 def _extra_cfg(main_cfg, extra):
