@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 from omegaconf import DictConfig
 
 from .config import save_config, to_dict
-from .errors import ConfigError
+from .errors import ConfigError, Preempted
 from .evaluate.quick import quick_eval_fn
 from .runs import ConfigLike, as_config as _as_config, load_run, resolve_run_dir, set_cpu_threads as _set_cpu_threads
 
@@ -102,7 +102,11 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         t0 = time.time()
         trainer = Trainer(cfg, engine, method, _DataSource(cfg, dist.rank, dist.world_size),
                           tracker=tracker, run_dir=str(run_dir), eval_fn=quick_eval_fn(cfg), **(hooks or {}))
-        history = trainer.fit()
+        try:
+            history = trainer.fit()
+        except Preempted as stop:
+            _record_preemption(stop, run_dir, tracker, dist.rank)
+            raise
         train_seconds = time.time() - t0
         summary_fn = getattr(engine.optimizer, "summary", None)  # Langevin: temperature schedule, violations
         optim_summary = summary_fn() if callable(summary_fn) else None  # collective: every rank
@@ -116,6 +120,12 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "global_step": history.get("global_step"),
                                "final": history.get("train", {}), "best": history.get("best", {}),
                                "resumed_from": history.get("resumed_from")}
+            summarize = getattr(method, "summarize", None)  # hebbian: filter grid + unconverged fraction
+            if callable(summarize):
+                report["hebbian"] = summarize(state, str(run_dir), model)
+                tracker.log_image("hebbian/filters", report["hebbian"]["filters_png"], step=engine.global_step)
+                tracker.log({f"hebbian/{k}": v for k, v in report["hebbian"].items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=engine.global_step)
             if optim_summary:
                 report["optimizer"] = optim_summary
                 tracker.log({f"optim/{k}": v for k, v in optim_summary.items() if isinstance(v, (int, float))},
@@ -126,6 +136,16 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
     finally:
         from .engine import cleanup
         cleanup()
+
+
+def _record_preemption(stop: Preempted, run_dir: Path, tracker, rank: int) -> None:
+    """The interruption goes on record: interrupted.json, one console line, W&B (rank 0)."""
+    from .engine.preempt import record_interruption
+    if rank == 0:
+        record_interruption(str(run_dir), stop.reason, stop.step, stop.checkpoint)
+        print(f"scaletrain: {stop}", flush=True)
+        tracker.log({"train/preempted": 1}, step=stop.step)
+    tracker.finish()
 
 
 def _shared_run_dir(cfg: DictConfig, dist) -> Path:

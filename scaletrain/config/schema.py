@@ -183,6 +183,8 @@ class TrainConfig:
     log_every: int = 10            # steps between metric logs
     ckpt_every: int = 0            # steps between checkpoints (0 = stage ends only)
     keep_last: int = 2             # checkpoints kept
+    ckpt_every_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0 = off)
+    preempt_grace_s: float = 100.0 # on SIGTERM/SIGINT/SIGUSR1: max seconds to finish the step and checkpoint (0 = no limit)
     eval_every_epochs: int = 0     # quick eval every N epochs: clean and PGD accuracy on a fixed test batch, logged as eval/acc, eval/pgd_acc and reported to Ray Tune (0 = off)
     eval_samples: int = 256        # test samples in the quick eval's fixed batch (the first N of the test split)
     eval_eps: Optional[float] = None  # PGD budget of the quick eval (None = method.attack.eps; 0 = clean only)

@@ -44,6 +44,9 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from omegaconf import DictConfig
 
+from ..engine.preempt import LATCH, request_stop
+from ..errors import Preempted
+
 DEFAULT_WORKER = "scaletrain.run:train_worker"
 
 
@@ -56,7 +59,8 @@ class RayReportHook:
 
     def on_epoch_end(self, trainer, metrics):
         import ray.train
-        ray.train.report(_scalars(metrics))
+        done = sum(s.epochs for s in trainer.stages[:metrics.get("stage", 0)]) + metrics.get("epoch", 0) + 1
+        ray.train.report(dict(_scalars(metrics), epochs_done=done))   # epochs_done: ASHA's time axis
 
     def on_checkpoint(self, trainer, path, metrics):
         import ray.train
@@ -146,7 +150,11 @@ def ray_worker_loop(config: Dict[str, Any]) -> None:
         if resume is not None:
             cfg.resume = resume
         with use_hooks(RayReportHook()):
-            report = worker(cfg, run_dir=config["run_dir"])
+            try:
+                report = worker(cfg, run_dir=config["run_dir"])
+            except Preempted as stop:  # a clean stop, not a failure: Ray must not restart it
+                report = {"interrupted": {"reason": stop.reason, "step": stop.step,
+                                          "checkpoint": stop.checkpoint}}
     if isinstance(report, dict):
         report["resume_source"] = {"ray_checkpoint": ray_path, "used": resume}
     # Ray V2 keeps the metrics that come with a checkpoint: rank 0 attaches a tiny one holding
@@ -230,6 +238,10 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
             callbacks=list(callbacks or []),
         ),
     )
+    # Ray Train runs the training function in a thread, where no signal handler can be
+    # installed: the driver takes SIGTERM / SIGUSR1 and asks the workers to stop through the
+    # run folder's stop file (engine/preempt.py); Ray's own SIGINT handler (abort) stays.
+    LATCH.install(cfg.train.preempt_grace_s, on_trigger=lambda reason: request_stop(run_dir, reason))
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
@@ -239,9 +251,14 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
             if "UserError" in line or "ConfigError" in line or "DataError" in line:
                 raise UserError(line.split(":", 1)[-1].strip()) from None
         raise
+    finally:
+        LATCH.uninstall()
     _remove_token(run_dir, token)
     metrics = result.metrics or {}
     report = json.loads(metrics.get("report_json", "{}"))
+    if isinstance(report, dict) and "interrupted" in report:
+        i = report["interrupted"]
+        raise Preempted(i["reason"], i["step"], i["checkpoint"])
     if isinstance(report, dict) and isinstance(report.setdefault("ray", {}), dict):
         report["ray"].update(storage=result.path)
     return report
