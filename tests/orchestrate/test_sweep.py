@@ -233,3 +233,17 @@ def test_two_worker_trial_fits_a_torchtrainer_inside_tune(ray_local, tmp_path, d
     with open(progress[0]) as fh:
         seen = [r for r in csv.DictReader(fh) if r.get("val_acc")]
     assert [int(float(r["epochs_done"])) for r in seen] == [1, 2]
+
+
+def test_concurrent_runs_with_one_name_claim_distinct_folders(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scaletrain.config import load_config
+    from scaletrain.runs import resolve_run_dir
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "report.json").write_text("{}")          # a finished run already holds 'x'
+    cfg = load_config(None, [f"out_dir={tmp_path}", "name=x"])
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: resolve_run_dir(cfg), range(16)))
+    assert len(set(got)) == 16 and tmp_path / "x" not in got
+    assert sorted(p.name for p in got) == sorted(f"x-{i}" for i in range(2, 18))
