@@ -106,11 +106,19 @@ def validate(cfg: DictConfig) -> None:
 
 def _validate_methods(cfg: DictConfig) -> None:
     """Method names, options and combinations (each method's own `check_config`), run and stages."""
-    from ..methods import check_method_config
-    check_method_config(cfg.method, "method")
-    for i, st in enumerate(cfg.stages):
-        if st.method is not None:
-            check_method_config(st.method, f"stages.{i}.method")
+    from ..methods import check_method_config, replays_for
+    sections = [("method", cfg.method)] + [(f"stages.{i}.method", st.method) for i, st in enumerate(cfg.stages)
+                                           if st.method is not None]
+    for key, m in sections:
+        check_method_config(m, key)
+        e = cfg.engine
+        if replays_for(m) > 1 and (e.grad_accum != 1 or (e.global_batch_size is not None and
+                                                          e.global_batch_size != cfg.data.batch_size * e.workers)):
+            raise ConfigError(f"key 'engine.grad_accum': {key}.name={m.name} replays every batch as optimizer "
+                              f"steps; it needs no gradient accumulation (grad_accum=1, global_batch_size null)")
+        if m.name == "fast_at" and m.guard.every and m.guard.response == "rollback" and not cfg.train.ckpt_every:
+            raise ConfigError(f"key 'train.ckpt_every': {key}.guard.response=rollback reloads the last "
+                              f"checkpoint; set train.ckpt_every > 0 (e.g. a few times guard.every)")
     from ..methods.loss_terms import check_model_addons
     check_model_addons(cfg)
 
