@@ -130,6 +130,9 @@ def _is_vit(cfg: DictConfig) -> bool:
 
 def validate_stages(cfg: DictConfig) -> None:
     """Every stage's values, and its merged method/attack, checked at load."""
+    if any(st.method is not None for st in cfg.stages):  # a mistake in the run's own method names `method.*`
+        from ..methods import check_method_config
+        check_method_config(cfg.method, "method")
     for i, st in enumerate(cfg.stages):
         k = f"stages[{i}]"
         if st.epochs is not None and st.epochs < 0:

@@ -105,15 +105,28 @@ def validate(cfg: DictConfig) -> None:
     for k, v in cfg.engine.worker_resources.items():
         if not isinstance(v, (int, float)) or v <= 0:
             raise ConfigError(f"key 'engine.worker_resources.{k}': must be a number > 0, got {v}")
-    _validate_methods(cfg)
     from .stages import validate_stages
-    validate_stages(cfg)   # each stage's merged method/attack, lengths, resolution, tokens
+    validate_stages(cfg)   # each stage's merged method/attack (values named stages[i].*), lengths, tokens
+    _validate_methods(cfg)
 
 
 def _validate_methods(cfg: DictConfig) -> None:
     """Method names, options and combinations (each method's own `check_config`), run and stages."""
-    from ..methods import check_method_config
-    check_method_config(cfg.method, "method")   # stages: config/stages.py (merged sections)
+    from ..methods import check_method_config, replays_for
+    from .stages import stage_method
+    # stage sections are partial: check them merged over the run's method (config/stages.py)
+    sections = [("method", cfg.method)] + [(f"stages[{i}].method", stage_method(cfg, i))
+                                           for i, st in enumerate(cfg.stages) if st.method is not None]
+    for key, m in sections:
+        check_method_config(m, key)
+        e = cfg.engine
+        if replays_for(m) > 1 and (e.grad_accum != 1 or (e.global_batch_size is not None and
+                                                          e.global_batch_size != cfg.data.batch_size * e.workers)):
+            raise ConfigError(f"key 'engine.grad_accum': {key}.name={m.name} replays every batch as optimizer "
+                              f"steps; it needs no gradient accumulation (grad_accum=1, global_batch_size null)")
+        if m.name == "fast_at" and m.guard.every and m.guard.response == "rollback" and not cfg.train.ckpt_every:
+            raise ConfigError(f"key 'train.ckpt_every': {key}.guard.response=rollback reloads the last "
+                              f"checkpoint; set train.ckpt_every > 0 (e.g. a few times guard.every)")
     from ..methods.loss_terms import check_model_addons
     check_model_addons(cfg)
 

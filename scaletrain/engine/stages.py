@@ -52,6 +52,7 @@ class Stage:
     schedule: Optional[str] = None   # None = optim.schedule
     warmup_steps: Optional[int] = None
     optimizer_state: str = "carry"
+    replays: int = 1                 # method.replays of the stage's method (set by the Trainer: Free AT)
 
     def batches(self, epoch: int, per_epoch: Optional[int]) -> Optional[int]:
         """Micro-batches of `epoch` of this stage (None = the whole loader)."""
