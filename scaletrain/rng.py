@@ -4,8 +4,8 @@ A training step sees a micro-batch of a global batch. With data parallelism the 
 that rank r holds is a slice of the global batch; with gradient accumulation on one rank the
 same slice is a micro-batch of that rank. Random draws made per micro-batch from a shared
 generator would therefore differ between 1 and N ranks. `SampleRNG` draws each sample's
-numbers from its own counter-based stream, keyed by a hash of (seed, key..., draw number,
-global sample index), so a sample gets the same random start / noise / box wherever it is processed.
+numbers from its own generator, seeded by a hash of (seed, key..., global sample index,
+draw number), so a sample gets the same random start / noise / box wherever it is processed.
 
     rng = SampleRNG(seed, index, "step", 12)     # index: LongTensor of global sample indices
     u = rng.rand(x.shape, device=x.device)        # row i depends only on (seed, key, index[i], draw)
@@ -13,16 +13,14 @@ global sample index), so a sample gets the same random start / noise / box where
     part = rng.subset(mask)                       # the same per-sample streams for a subset
 
 Each call to `rand`/`randn` advances a draw counter, so calling the same sequence of draws
-gives the same numbers; different calls give independent numbers. The numbers are counter-based
-(an integer hash of key, sample and element index, computed in vectorised int64 arithmetic on
-the target device), so there is no per-sample generator object or host loop, and the bits are
-the same on CPU and GPU and at any world size.
+gives the same numbers; different calls give independent numbers. Numbers are drawn on the
+CPU (one small generator per sample) and moved to `device`: cheap for the per-batch draws of
+training (attack starts, noise, mixing), exact across CPU/GPU and world sizes.
 Plain PyTorch: attacks, methods and the trainer import it; it imports nothing of ours.
 """
 from __future__ import annotations
 
 import hashlib
-import math
 import struct
 from typing import Optional, Sequence
 
@@ -40,36 +38,8 @@ def mix_seed(*parts) -> int:
     return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
 
 
-def _signed(v: int) -> int:
-    return v - (1 << 64) if v >= (1 << 63) else v
-
-
-_GOLDEN, _C1, _C2 = _signed(0x9E3779B97F4A7C15), _signed(0xBF58476D1CE4E5B9), _signed(0x94D049BB133111EB)
-
-
-def _srl(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Logical right shift of int64 tensors (torch's >> is arithmetic)."""
-    return (x >> k) & ((1 << (64 - k)) - 1)
-
-
-def mix64(x: torch.Tensor) -> torch.Tensor:
-    """The SplitMix64 finaliser (Steele, Lea & Flood, "Fast splittable pseudorandom number
-    generators", OOPSLA 2014) on int64 tensors; multiplication wraps modulo 2^64 (two's
-    complement), as torch's int64 arithmetic does on CPU and CUDA."""
-    x = x ^ _srl(x, 30)          # a new tensor: the input is left alone
-    x.mul_(_C1)
-    x.bitwise_xor_(_srl(x, 27))
-    x.mul_(_C2)
-    return x.bitwise_xor_(_srl(x, 31))
-
-
 class SampleRNG:
-    """Per-sample random streams (see the module docstring).
-
-    Counter-based: element j of sample i's draw d is a pure function of (seed, key..., d, index_i, j)
-    (SplitMix64, see `_bits`).
-    Vectorised integer arithmetic on the target device: no generator objects, no host loop, the
-    same bits on CPU and GPU (the Gaussian transform may differ in the last float bit)."""
+    """Per-sample random streams (see the module docstring)."""
 
     def __init__(self, seed: int, index: torch.Tensor, *key):
         self.seed = int(seed)
@@ -103,38 +73,27 @@ class SampleRNG:
         return g
 
     # -------------------------------------------------------------- draws
-    def _bits(self, n_per_sample: int, device) -> torch.Tensor:
-        """(samples, n_per_sample) int64 with 64 random bits each: the next draw's raw bits.
-        SplitMix64 streams: sample i's state is k_i = mix64(base ^ mix64(index_i)), element j's
-        output mix64(k_i + (j + 1) * golden)."""
-        base = _signed(mix_seed(self.seed, *self.key, "draw", self._draw))
-        self._draw += 1
-        k = mix64(mix64(self.index.to(device) + _GOLDEN) ^ base)
-        steps = torch.arange(1, n_per_sample + 1, device=device, dtype=torch.int64) * _GOLDEN
-        return mix64(k[:, None] + steps[None, :])
-
-    def _check(self, shape):
+    def _draw_rows(self, fn, shape: Sequence[int], device, dtype) -> torch.Tensor:
         shape = tuple(int(s) for s in shape)
         if shape[0] != len(self):
             raise ValueError(f"SampleRNG: first dimension {shape[0]} != number of samples {len(self)}")
-        return shape
+        draw = self._draw
+        self._draw += 1
+        g = torch.Generator()
+        rows = []
+        for i in self.index.tolist():
+            g.manual_seed(mix_seed(self.seed, *self.key, i, draw))
+            rows.append(fn(shape[1:], generator=g, dtype=torch.float32))
+        out = torch.stack(rows) if rows else torch.empty(shape, dtype=torch.float32)
+        return out.to(device=device or "cpu", dtype=dtype or torch.float32)
 
     def rand(self, shape, device=None, dtype=None) -> torch.Tensor:
-        """Uniform [0, 1) numbers of `shape` (first dimension = samples), 24-bit resolution."""
-        shape = self._check(shape)
-        m = math.prod(shape[1:])
-        u = _srl(self._bits(m, device or "cpu"), 40).to(torch.float32) * (1.0 / (1 << 24))
-        return u.reshape(shape).to(dtype or torch.float32)
+        """Uniform [0, 1) numbers of `shape` (first dimension = samples)."""
+        return self._draw_rows(torch.rand, shape, device, dtype)
 
     def randn(self, shape, device=None, dtype=None) -> torch.Tensor:
-        """Standard normal numbers of `shape` (first dimension = samples), by Box-Muller."""
-        shape = self._check(shape)
-        m = math.prod(shape[1:])
-        b = self._bits(2 * m, device or "cpu")
-        u1 = (_srl(b[:, :m], 40) + 1).to(torch.float32) * (1.0 / (1 << 24))     # (0, 1]
-        u2 = _srl(b[:, m:], 40).to(torch.float32) * (1.0 / (1 << 24))
-        z = torch.sqrt(-2.0 * torch.log(u1)) * torch.cos((2.0 * math.pi) * u2)
-        return z.reshape(shape).to(dtype or torch.float32)
+        """Standard normal numbers of `shape` (first dimension = samples)."""
+        return self._draw_rows(torch.randn, shape, device, dtype)
 
 
 def rand(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
