@@ -1,4 +1,4 @@
-"""`scaletrain` command line: train / eval / shards / export / launch / sweep.
+"""`scaletrain` command line: train / eval / shards / export / analyze / launch / sweep.
 
 The CLI only parses and calls the library. A `UserError` (bad key, missing
 file, corrupt shard, ...) prints one line and exits with code 2.
@@ -77,12 +77,18 @@ def _cmd_export(ns) -> int:
     return export_main(ns.rest)
 
 
+def _cmd_analyze(ns) -> int:
+    from .evaluate.analyze_cli import analyze_main
+    return analyze_main(ns.rest)
+
+
 def _cmd_launch(ns) -> int:
     from .orchestrate.launch import launch_main
     return launch_main(ns.rest)
 
 
-_PASSTHROUGH = {"eval": _cmd_eval, "shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch}
+_PASSTHROUGH = {"eval": _cmd_eval, "shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch,
+                "analyze": _cmd_analyze}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -123,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
             ("eval", _cmd_eval, "evaluate trained runs (one, or an ensemble) with the robustness suite"),
             ("shards", _cmd_shards, "write WebDataset shards from digits / IDX / npz / image folders"),
             ("export", _cmd_export, "export a run's weights as a plain fp32 state_dict"),
+            ("analyze", _cmd_analyze, "sensitivity analysis of a run: input gradients, Lipschitz, weight noise, "
+                                      "ODE step size"),
             ("launch", _cmd_launch, "submit a run to a Ray cluster (Ray Jobs API)")):
         s = sub.add_parser(name, help=helptext, add_help=False,
                            description=f"{helptext} (see `scaletrain {name} --help`)")

@@ -123,6 +123,12 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "global_step": history.get("global_step"),
                                "final": history.get("train", {}), "best": history.get("best", {}),
                                "resumed_from": history.get("resumed_from")}
+            summarize = getattr(method, "summarize", None)  # hebbian: filter grid + unconverged fraction
+            if callable(summarize):
+                report["hebbian"] = summarize(state, str(run_dir), model)
+                tracker.log_image("hebbian/filters", report["hebbian"]["filters_png"], step=engine.global_step)
+                tracker.log({f"hebbian/{k}": v for k, v in report["hebbian"].items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=engine.global_step)
             if optim_summary:
                 report["optimizer"] = optim_summary
                 tracker.log({f"optim/{k}": v for k, v in optim_summary.items() if isinstance(v, (int, float))},

@@ -83,6 +83,11 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
     from ..models import check_config as check_model_config  # imports torch: only when validating
     check_model_config(cfg.model)
+    from ..models import randomized_at_test
+    if randomized_at_test(cfg.model) and cfg.eval.eot_samples < 2:
+        raise ConfigError(f"key 'eval.eot_samples': model '{cfg.model.name}' draws noise at test "
+                          "(model.kwargs.test_noise); attack it with expectation over transformation, "
+                          "eval.eot_samples >= 2 (Athalye et al. 2018), or set test_noise: false")
     from ..engine.optim import requires_closure
     if requires_closure(cfg.optim.name):
         if cfg.engine.backend != "torch":
@@ -101,11 +106,19 @@ def validate(cfg: DictConfig) -> None:
 
 def _validate_methods(cfg: DictConfig) -> None:
     """Method names, options and combinations (each method's own `check_config`), run and stages."""
-    from ..methods import check_method_config
-    check_method_config(cfg.method, "method")
-    for i, st in enumerate(cfg.stages):
-        if st.method is not None:
-            check_method_config(st.method, f"stages.{i}.method")
+    from ..methods import check_method_config, replays_for
+    sections = [("method", cfg.method)] + [(f"stages.{i}.method", st.method) for i, st in enumerate(cfg.stages)
+                                           if st.method is not None]
+    for key, m in sections:
+        check_method_config(m, key)
+        e = cfg.engine
+        if replays_for(m) > 1 and (e.grad_accum != 1 or (e.global_batch_size is not None and
+                                                          e.global_batch_size != cfg.data.batch_size * e.workers)):
+            raise ConfigError(f"key 'engine.grad_accum': {key}.name={m.name} replays every batch as optimizer "
+                              f"steps; it needs no gradient accumulation (grad_accum=1, global_batch_size null)")
+        if m.name == "fast_at" and m.guard.every and m.guard.response == "rollback" and not cfg.train.ckpt_every:
+            raise ConfigError(f"key 'train.ckpt_every': {key}.guard.response=rollback reloads the last "
+                              f"checkpoint; set train.ckpt_every > 0 (e.g. a few times guard.every)")
     from ..methods.loss_terms import check_model_addons
     check_model_addons(cfg)
 
@@ -138,6 +151,9 @@ def _validate_langevin(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
     if lc.max_iterations < 1:
         raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.method.name == "hebbian" and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError("key 'engine.zero_stage': method 'hebbian' writes whole first-layer weights and "
+                          "supports ZeRO 0-2, not 3")
     if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
                           "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")

@@ -286,6 +286,28 @@ class Engine:
                 out.append(ParamSlice(names[id(p)], tuple(p.shape), p, 0, 0, p.numel()))
         return out
 
+    def write_param(self, name: str, value: torch.Tensor) -> None:
+        """Overwrite parameter `name` (full value, every rank the same) wherever the engine keeps it:
+        this rank's fp32 master pieces and the module's copy, so the next optimizer step neither
+        undoes nor ignores the change (non-gradient updates: Hebbian plasticity, frozen layers).
+        ZeRO 0-2 (a ZeRO-3 module holds no full parameter)."""
+        if self.zero_stage == 3:
+            raise RuntimeError("write_param needs whole module parameters (ZeRO 0-2)")
+        flat = value.detach().reshape(-1)
+        with torch.no_grad():
+            for s in self.param_slices():
+                if s.name == name:
+                    piece = flat[s.param_offset:s.param_offset + s.numel]
+                    s.tensor.view(-1)[s.offset:s.offset + s.numel].copy_(piece.to(s.tensor))
+            p = dict(self.module.named_parameters())[name]
+            p.copy_(value.detach().reshape(p.shape).to(p))
+
+    def all_reduce_sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over the data-parallel ranks, in place (every rank must call)."""
+        if self.world_size > 1:
+            tdist.all_reduce(t)
+        return t
+
     # ---- state ----------------------------------------------------------------
     def consolidated_state_dict(self) -> Dict[str, torch.Tensor]:
         """Full fp32 `state_dict` of the module from any ZeRO stage (fp32 master weights when

@@ -48,6 +48,7 @@ class Stage:
     lr: float
     image_size: Optional[int] = None
     method: Any = None               # a MethodConfig, or None = the run's method
+    replays: int = 1                 # method.replays of the stage's method (set by the Trainer)
 
 
 def plan_stages(cfg) -> List[Stage]:
@@ -87,7 +88,7 @@ class StepContext:
         return D.all_reduce_sum(list(values))
 
     def alert(self, title: str, text: str, **metrics: float) -> None:
-        """A warning for the user: console, train_log.jsonl and W&B (rank 0)."""
+        """A warning for the user: console, <run_dir>/alerts.jsonl and W&B (rank 0)."""
         if self.alert_fn is not None:
             self.alert_fn(title, text, metrics)
 
@@ -131,6 +132,9 @@ class Trainer:
         self._loader_state = None
         self._meter = self._new_meter()
         self.is_rank0 = engine.rank == 0
+        for s in self.stages:  # `epochs` counts gradient passes: replaying methods (Free AT) run epochs / m
+            s.replays = int(self._method(s.index).replays)
+            s.epochs = -(-s.epochs // s.replays)
         if self.is_rank0:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -173,10 +177,11 @@ class Trainer:
                 batches = self._resume_iterator(loader)
                 eng.train()
                 for x, y in self._progress(batches, si, ep, loader):
+                    before = eng.global_step
                     self._train_step(method, x, y, si, ep)
                     self.pos.batch += 1
                     if eng.last_was_boundary:
-                        self._at_boundary(loader)
+                        self._at_boundary(loader, before)
                 if self._bar is not None:
                     self._bar.close()
                 self.pos = Position(si, ep + 1, 0)
@@ -289,12 +294,14 @@ class Trainer:
         call(self.hooks, "on_epoch_end", self, metrics)
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def _at_boundary(self, loader) -> None:
+    def _at_boundary(self, loader, before: int) -> None:
         """Checkpoint by steps, by time (train.ckpt_every_minutes) or on a stop request; the
-        time and stop decisions are all-reduced, so every rank saves (and stops) at the same step."""
+        time and stop decisions are all-reduced, so every rank saves (and stops) at the same step.
+        By steps: when the batch crossed a multiple of ckpt_every (a replaying method such as
+        Free AT makes m steps per batch; checkpoints fall at batch ends)."""
         every, step = self.cfg.train.ckpt_every, self.engine.global_step
         stop, due = self.stopper.poll() if self.stopper is not None else (False, False)
-        if (every and step % every == 0) or due or stop:
+        if (every and step // every > before // every) or due or stop:
             self.save_checkpoint(loader, interrupted=self.stopper.reason if stop else None)
         if stop:
             raise Preempted(self.stopper.reason, step, self.last_checkpoint)
@@ -404,7 +411,7 @@ class Trainer:
         if not self.is_rank0:
             return
         print(f"[scaletrain] ALERT step {step}: {title}: {text}", flush=True)
-        with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:
+        with open(os.path.join(self.run_dir, "alerts.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "alert": title, "text": text, **metrics}) + "\n")
         if self.tracker is not None:
             self.tracker.alert(title, text, step=step, metrics=metrics)
@@ -447,7 +454,7 @@ class Trainer:
             if n is None:  # unknown length: the schedule cannot be laid out; keep the peak lr
                 segments = None
                 break
-            segments.append(Segment(steps=max(-(-n * s.epochs // ga), 1), lr=s.lr))
+            segments.append(Segment(steps=max(-(-n * s.epochs * s.replays // ga), 1), lr=s.lr))
         kind = o.schedule if segments is not None else "constant"
         if segments is None:
             segments = [Segment(steps=1, lr=s.lr) for s in self.stages]

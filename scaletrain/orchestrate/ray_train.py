@@ -59,7 +59,8 @@ class RayReportHook:
 
     def on_epoch_end(self, trainer, metrics):
         import ray.train
-        ray.train.report(_scalars(metrics))
+        done = sum(s.epochs for s in trainer.stages[:metrics.get("stage", 0)]) + metrics.get("epoch", 0) + 1
+        ray.train.report(dict(_scalars(metrics), epochs_done=done))   # epochs_done: ASHA's time axis
 
     def on_checkpoint(self, trainer, path, metrics):
         import ray.train

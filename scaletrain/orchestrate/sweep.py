@@ -116,6 +116,10 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
                 from .ray_train import run_with_ray
                 report = run_with_ray(cfg, worker=train_worker, run_dir=run_dir, callbacks=[TuneReportCallback()])
             else:
+                # a fresh rendezvous port per trial: the trial process may be reused, and it may
+                # have inherited the driver's MASTER_PORT (concurrent trials must not share one)
+                for key in ("MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+                    os.environ.pop(key, None)
                 with use_hooks(TuneReportHook()):
                     report = train_worker(cfg, run_dir=run_dir)
         metrics = dict(last, **scalar_metrics(report))

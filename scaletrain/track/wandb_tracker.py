@@ -122,6 +122,12 @@ class Tracker:
             return
         self.run.log(metrics, step=step)
 
+    def log_image(self, key: str, path: str, step: Optional[int] = None) -> None:
+        """A PNG written by the run (e.g. Hebbian filters) as a W&B image."""
+        if self.run is None:
+            return
+        self.run.log({key: self._wandb.Image(path)}, step=step)
+
     def alert(self, title: str, text: str, step: Optional[int] = None,
               metrics: Optional[Dict[str, float]] = None) -> None:
         """A training alert (e.g. catastrophic overfitting): logged as `alert/<title>` scalars and

@@ -213,3 +213,23 @@ def test_train_ensemble_of_three(ray_local, tmp_path, data_root):
     assert "Ensembles" in md and "+/-" in md
     kinds = sorted(r[1] for r in _wait_runs(str(folder), 5))
     assert kinds == ["ensemble", "member", "member", "member", "summary"]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(400)
+def test_two_worker_trial_fits_a_torchtrainer_inside_tune(ray_local, tmp_path, data_root):
+    # 2 workers x 0.5 logical CPU + the trial's 0.01: fits the 2-CPU local Ray (no deadlock)
+    f = _sweep_file(tmp_path, data_root, name="mw", concurrency=1, metric="clean_acc",
+                    space={"optim.lr": {"grid": [0.01]}}, resources={"workers": 2, "cpus_per_worker": 0.5},
+                    overrides=dict(TINY, **{"data.root": data_root, "tracking.wandb": False}))
+    assert main(["sweep", f]) == 0
+    folder = tmp_path / "sweeps" / "mw"
+    (row,) = _rows(str(folder))
+    assert row["status"] == "ok" and float(row["clean_acc"]) > 0.5
+    rep = json.loads((folder / "trials" / "t000" / "report.json").read_text())
+    assert rep["train"]["world_size"] == 2
+    # the workers' epoch metrics reached Tune (TuneReportCallback): epochs 1 and 2, with the quick eval
+    progress = [p for p in (folder / "ray").rglob("progress.csv")]
+    with open(progress[0]) as fh:
+        seen = [r for r in csv.DictReader(fh) if r.get("val_acc")]
+    assert [int(float(r["epochs_done"])) for r in seen] == [1, 2]
