@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ConfigError
+from ..rng import rand as _rand, randn as _randn
 
 NORMS = ("linf", "l2")
 LOSSES = ("ce", "cw", "dlr")
@@ -107,19 +108,14 @@ def random_start(x: torch.Tensor, eps: float, norm: str, generator: Optional[tor
     direction at a radius drawn uniformly from [0, eps] (denser near the centre than a uniform point
     of the ball, which in high dimension sits on the surface; measured stronger with few steps)."""
     if norm == "linf":
-        u = torch.rand(x.shape, generator=generator, device=_gen_device(generator, x), dtype=torch.float32)
-        delta = (2 * u - 1).to(x.device) * eps
+        u = _rand(x.shape, generator, device=x.device)
+        delta = (2 * u - 1) * eps
     else:
-        dev = _gen_device(generator, x)
-        g = torch.randn(x.shape, generator=generator, device=dev, dtype=torch.float32)
-        r = torch.rand((x.shape[0],), generator=generator, device=dev, dtype=torch.float32)
+        g = _randn(x.shape, generator, device=x.device)
+        r = _rand((x.shape[0],), generator, device=x.device)
         radius = eps * r
         delta = (g / (_flat_norm(g, 2) + 1e-12) * radius.view(-1, *([1] * (x.dim() - 1)))).to(x.device)
     return (x + delta).clamp(0.0, 1.0)
-
-
-def _gen_device(generator: Optional[torch.Generator], x: torch.Tensor):
-    return generator.device if generator is not None else x.device
 
 
 # ---------------------------------------------------------------- the base class
