@@ -68,9 +68,13 @@ class _DataSource:
 
 
 def _check_model_matches_data(cfg: DictConfig, info: Dict[str, Any]) -> None:
-    c = info["image_shape"][0]
-    if cfg.model.in_channels != c:
-        raise ConfigError(f"key 'model.in_channels': {cfg.model.in_channels}, but the data has {c} channel(s)")
+    from .engine import plan_stages
+    from .models import check_data
+    c, native = info["image_shape"][0], info["image_shape"][-1]
+    evaluated = cfg.data.augment.resize or native
+    sizes = {evaluated} | {s.image_size or evaluated for s in plan_stages(cfg)}
+    for side in sorted(sizes):
+        check_data(cfg.model, side, c)
     if cfg.model.num_classes < info["num_classes"]:
         raise ConfigError(f"key 'model.num_classes': {cfg.model.num_classes}, but the data has "
                           f"{info['num_classes']} classes")
@@ -110,6 +114,8 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                           tracker=tracker, run_dir=str(run_dir), **(hooks or {}))
         history = trainer.fit()
         train_seconds = time.time() - t0
+        summary_fn = getattr(engine.optimizer, "summary", None)  # Langevin: temperature schedule, violations
+        optim_summary = summary_fn() if callable(summary_fn) else None  # collective: every rank
 
         report: Dict[str, Any] = {}
         if dist.rank == 0:
@@ -120,6 +126,10 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "global_step": history.get("global_step"),
                                "final": history.get("train", {}), "best": history.get("best", {}),
                                "resumed_from": history.get("resumed_from")}
+            if optim_summary:
+                report["optimizer"] = optim_summary
+                tracker.log({f"optim/{k}": v for k, v in optim_summary.items() if isinstance(v, (int, float))},
+                            step=engine.global_step)
             _finish_report(report, run_dir, tracker, step=engine.global_step)
         tracker.finish()
         return report

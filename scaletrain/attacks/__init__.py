@@ -41,6 +41,9 @@ def create_attack(name: str, *, eps: float, alpha=None, steps=None, norm: str = 
     ``ConfigError`` names them.
     """
     cls = ATTACKS.get(name)
+    eot = kw.pop("eot", 1)   # every attack: gradients averaged over `eot` forwards (Attack.loss_and_grad)
+    if not isinstance(eot, int) or isinstance(eot, bool) or eot < 1:
+        raise ConfigError(f"attack '{name}': eot must be an integer >= 1, got {eot!r}")
     params = inspect.signature(cls.__init__).parameters
     takes_var_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
     accepted = set(params) if not takes_var_kw else _accepted_names(cls)
@@ -54,7 +57,9 @@ def create_attack(name: str, *, eps: float, alpha=None, steps=None, norm: str = 
     if targeted and "targeted" not in accepted:
         raise ConfigError(f"key 'method.attack': attack '{name}' has no targeted mode")
     args.update(kw)
-    return cls(eps=eps, **args)
+    atk = cls(eps=eps, **args)
+    atk.eot_samples = eot
+    return atk
 
 
 def _accepted_names(cls):

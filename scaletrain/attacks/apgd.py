@@ -55,12 +55,7 @@ class APGD(Attack):
 
     # one run of Algorithm 1 for objective ``obj(logits) -> per-sample loss`` ------------
     def _lg(self, model, x_adv, obj):
-        x_adv = x_adv.detach().requires_grad_(True)
-        with torch.enable_grad():
-            logits = self.forward(model, x_adv)
-            loss = obj(logits)
-            (g,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), g.float(), logits.detach()
+        return self.eot_grad(model, x_adv, obj)   # EOT-averaged when eot_samples > 1
 
     def run_single(self, model, x, obj, success, generator):
         n, shape = x.shape[0], (-1,) + (1,) * (x.dim() - 1)

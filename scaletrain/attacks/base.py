@@ -14,12 +14,17 @@ Contract (docs/attacks.md): ``attack(model, x, y, generator=None) -> x_adv``
 * The forward pass may run under ``torch.autocast`` (bf16 on GPU); logits are
   cast to fp32 before the loss and the perturbation is kept and updated in fp32.
 * All randomness comes from ``generator`` (a ``torch.Generator`` on the device
-  of ``x``, or on CPU), so a fixed generator seed gives the same ``x_adv``.
+  of ``x``, or on CPU, or a ``scaletrain.rng.SampleRNG`` whose numbers are keyed by
+  global sample index), so a fixed generator seed gives the same ``x_adv``.
+* The objective is open: ``attack(model, x, y, objective=f)`` maximises the per-sample
+  ``f(logits, y, clean_logits)`` instead of the configured loss (``clean_logits`` are the
+  model's fp32 logits of ``x`` in the attack's mode, no gradient). TRADES' KL and MART use
+  this with the same attacks as PGD-AT.
 """
 from __future__ import annotations
 
 import math
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -182,17 +187,37 @@ class Attack:
         perturbation and its gradient stay fp32)."""
         return model(x if self._fwd_dtype in (None, x.dtype) else x.to(self._fwd_dtype)).float()
 
+    _custom = None           # an open objective f(logits, y, clean_logits), set for one call
+    _clean = None
+
     def objective(self, logits, y):
+        if self._custom is not None:
+            return self._custom(logits, y, self._clean)
         return per_sample_loss(self.loss, logits, y, self.targeted)
+
+    eot_samples = 1          # expectation over transformation: gradients averaged over this many forwards
 
     def loss_and_grad(self, model, x_adv, y):
         """Per-sample objective, its gradient w.r.t. x_adv (fp32) and the logits (fp32, detached)."""
+        return self.eot_grad(model, x_adv, lambda logits: self.objective(logits, y))
+
+    def eot_grad(self, model, x_adv, obj):
+        """(objective, input gradient, logits) of ``obj(logits) -> per-sample loss`` at ``x_adv``.
+
+        With ``eot_samples`` = k > 1 (randomised models: PNI, noise layers) all three are the means
+        over k forward passes, each with its own randomness: the expectation-over-transformation
+        gradient of Athalye, Carlini & Wagner (ICML 2018), grad E_r[L(f_r(x'))] ~ (1/k) sum_i grad L(f_{r_i}(x'))."""
         x_adv = x_adv.detach().requires_grad_(True)
+        k = int(self.eot_samples)
+        acc = None
         with torch.enable_grad():
-            logits = self.forward(model, x_adv)
-            loss = self.objective(logits, y)
-            (grad,) = torch.autograd.grad(loss.sum(), x_adv)
-        return loss.detach(), grad.float(), logits.detach()
+            for _ in range(k):
+                logits = self.forward(model, x_adv)
+                loss = obj(logits)
+                (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+                out = (loss.detach(), grad.float(), logits.detach())
+                acc = out if acc is None else tuple(a + o for a, o in zip(acc, out))
+        return acc if k == 1 else tuple(a / k for a in acc)
 
     def fooled(self, logits, y):
         """Success per sample: misclassified (untargeted) or classified as the target (targeted)."""
@@ -200,13 +225,20 @@ class Attack:
         return pred == y if self.targeted else pred != y
 
     def __call__(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor,
-                 generator: Optional[torch.Generator] = None) -> torch.Tensor:
+                 generator=None, objective: Optional[Callable] = None) -> torch.Tensor:
         if x.numel() == 0 or self.eps == 0:
             return x.detach().clone()
         x32 = x.detach().float()
         self._fwd_dtype = _input_dtype(model, x)
         with ModelMode(model, self.model_mode):
-            x_adv = self._run(model, x32, y, generator)
+            if objective is not None:
+                with torch.no_grad():
+                    self._clean = self.forward(model, x32).detach()
+                self._custom = objective
+            try:
+                x_adv = self._run(model, x32, y, generator)
+            finally:
+                self._custom = self._clean = None
         return x_adv.detach().to(x.dtype)
 
     def _run(self, model, x, y, generator):  # pragma: no cover - abstract

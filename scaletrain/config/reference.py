@@ -33,7 +33,7 @@ This file is generated: `python -m scaletrain.config.reference > docs/configurat
 
 SECTIONS = [("ExperimentConfig", "top level"), ("DataConfig", "data"), ("AugmentConfig", "data.augment"),
             ("ModelConfig", "model"), ("MethodConfig", "method"), ("AttackConfig", "method.attack"),
-            ("OptimConfig", "optim"), ("EngineConfig", "engine"), ("TrainConfig", "train"),
+            ("OptimConfig", "optim"), ("LangevinConfig", "optim.langevin"), ("EngineConfig", "engine"), ("TrainConfig", "train"),
             ("StageConfig", "stages[i]"), ("EvalConfig", "eval"), ("TrackConfig", "tracking")]
 
 

@@ -13,6 +13,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
+from omegaconf import II
+
 
 @dataclass
 class AugmentConfig:
@@ -47,15 +49,19 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "digits_cnn"       # registered model: digits_cnn, mlp, wide_mlp
+    name: str = "digits_cnn"       # registered model (scaletrain.models.available(); docs/models.md)
     num_classes: int = 10          # output classes (>= classes in the data)
     in_channels: int = 1           # image channels (must match the data)
     image_size: int = 8            # input side in pixels (for models that need it)
-    width: int = 16                # channels of the first conv (model-specific width knob)
+    width: Optional[int] = None    # model-specific width knob (first conv channels; WRN: widening factor); null = the model's published default
     # normalisation lives inside the model: attacks work in [0, 1] pixel space
     mean: List[float] = field(default_factory=lambda: [0.0]) # per-channel mean subtracted inside the model
     std: List[float] = field(default_factory=lambda: [1.0]) # per-channel std divided inside the model
-    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}
+    kwargs: Dict[str, Any] = field(default_factory=dict) # extra model-specific arguments, e.g. {batchnorm: false}; checked against the model at load; digits_cnn: dropblock_prob, dropblock_size
+    sync_bn: bool = False          # BatchNorm statistics synchronised across ranks (converted by the engine when world size > 1)
+    pni: str = "off"               # Parametric Noise Injection on every conv/linear weight: off | layer | channel (one trainable alpha per layer / output channel; docs/methods.md)
+    pni_init: float = 0.25         # initial PNI alpha (Rakin et al. 2019 use 0.25), >= 0
+    vib_dim: int = 0               # variational information bottleneck head of this many latent dims replacing the classifier (0 = off; train with method vib)
 
 
 @dataclass
@@ -73,10 +79,57 @@ class AttackConfig:
 
 
 @dataclass
+class GuardConfig:
+    """Catastrophic-overfitting guard of fast_at (docs/methods.md)."""
+    every: int = 0                 # optimizer steps between PGD probes on the training batch (0 = guard off)
+    pgd_steps: int = 10            # PGD iterations of the probe (step 2.5 eps / steps, random start)
+    collapse: float = 0.5          # fires when probe PGD accuracy < collapse x its best so far ...
+    gap: float = 0.3               # ... and probe FGSM accuracy >= PGD accuracy + gap
+    response: str = "step_size"    # step_size (multiply the attack step by step_factor) | rollback (reload the last checkpoint)
+    step_factor: float = 0.5       # step_size response: the new attack step is the old one times this
+    max_responses: int = 3         # responses allowed per run; after that the guard only alerts
+
+
+@dataclass
+class AddOnConfig:
+    """A further method composed with the main one (batch transform, regulariser, ...)."""
+    name: str = ""                 # registered method name (its events must not include the loss)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # options of that method
+
+
+@dataclass
 class MethodConfig:
-    name: str = "pgd_at"           # standard | pgd_at | ... (scaletrain.methods.available())
+    name: str = "pgd_at"           # standard | pgd_at | fast_at | free_at | trades | mart | ... (scaletrain.methods.available())
     attack: AttackConfig = field(default_factory=AttackConfig) # the inner attack for adversarial methods
-    kwargs: Dict[str, Any] = field(default_factory=dict) # method options, e.g. pgd_at: clean_fraction, label_smoothing
+    beta: Optional[float] = None   # trades / mart: weight of the robust term (None = 6.0, the papers' value)
+    clean_weight: float = 0.0      # adversarial methods: loss = (1 - w) adversarial + w clean (0 = pure adversarial)
+    label_smoothing: float = 0.0   # label smoothing of the cross-entropy terms (standard, pgd_at, fast_at, free_at)
+    attack_target: str = "label"   # label | prediction: attack the model's own clean prediction (no label leaking)
+    eps_warmup_steps: int = 0      # ramp the attack eps linearly from eps/W to eps over the first W optimizer steps
+    steps_warmup_steps: int = 0    # ramp the attack iterations linearly from 1 to attack.steps over W optimizer steps
+    replays: int = 4               # free_at: m, the times each batch is replayed (epochs are divided by m)
+    guard: GuardConfig = field(default_factory=GuardConfig) # fast_at: catastrophic-overfitting guard
+    extra: List[AddOnConfig] = field(default_factory=list) # further methods composed with this one, in order
+    seed: Optional[int] = None     # seed of the methods' per-sample random draws (None = the run's seed)
+    kwargs: Dict[str, Any] = field(default_factory=dict) # options of methods registered outside scaletrain
+
+
+@dataclass
+class LangevinConfig:
+    """Langevin optimizers (sgld, baoab, circle, orthogonal): docs/methods.md."""
+    temperature: float = 1.0e-5    # temperature T at the start (0 = deterministic)
+    temperature_schedule: str = "constant"  # constant | linear | cosine | exponential | step (cooling to temperature_final)
+    temperature_final: float = 0.0  # temperature reached on the last optimizer step
+    cooling_start: float = 0.0     # fraction of the run after which cooling starts, in [0, 1)
+    friction: float = 1.0          # friction gamma of underdamped Langevin (> 0); c = exp(-gamma * lr)
+    noise_seed: int = II("seed")   # key of the counter-based noise (default: the run's seed)
+    radius: float = 1.0            # circle constraint: |w| <= radius for all constrained layers but the first
+    radius_first: Optional[float] = None  # circle radius of the first layer (None = radius)
+    constrain_biases: bool = False  # constrain 1-d parameters (biases, norms) too
+    constrain_output: bool = False  # constrain the last weight (the classifier head)
+    exclude: List[str] = field(default_factory=list)  # fnmatch patterns of parameter names left unconstrained
+    tolerance: float = 1.0e-8      # orthogonal: SHAKE stops when max|Q^T Q - I| < tolerance
+    max_iterations: int = 100      # orthogonal: SHAKE iterations before falling back to a polar retraction
 
 
 @dataclass
@@ -89,6 +142,7 @@ class OptimConfig:
     schedule: str = "cosine"       # constant | cosine | linear | onecycle
     warmup_steps: int = 0          # linear warm-up optimizer steps
     kwargs: Dict[str, Any] = field(default_factory=dict) # schedule/optimizer extras: pct_start, div_factor, final_div_factor, min_lr
+    langevin: LangevinConfig = field(default_factory=LangevinConfig) # temperature, friction, constraints of sgld/baoab/circle/orthogonal
 
 
 @dataclass
@@ -147,6 +201,7 @@ class EvalConfig:
     noise_sigmas: List[float] = field(default_factory=list) # Gaussian-noise accuracy at these sigmas (corruption measure)
     autoattack: bool = False       # APGD-CE + APGD-T preset (reported separately as report["autoattack"])
     autoattack_steps: int = 100    # iterations per APGD run of the preset
+    eot_samples: int = 1           # expectation over transformation: attack gradients averaged over this many forwards (randomised models, e.g. model.pni); per attack: 'pgd:eot=10'
     certify: Dict[str, Any] = field(default_factory=dict)  # {sigma, n0, n, alpha, radii, max_samples}
     seed: int = 0                  # seed of attack starts, noise and certification
     cpu_threads: int = 0           # torch threads while evaluating on CPU (0 = every core of the machine; set 1..N on a shared machine)

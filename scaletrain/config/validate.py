@@ -23,15 +23,17 @@ CHOICES = {
     "engine.precision": ("fp32", "bf16", "fp16"),
     "eval.norm": ("linf", "l2"),
     "eval.model_mode": ("eval", "train"),
+    "model.pni": ("off", "layer", "channel"),
     "tracking.mode": ("auto", "offline", "online", "disabled"),
 }
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "engine.workers",
-            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps",
+            "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps", "eval.eot_samples",
             "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
-                "method.attack.eps", "method.attack.steps", "train.keep_last")
+                "method.attack.eps", "method.attack.steps", "train.keep_last", "model.pni_init",
+                "model.vib_dim")
 
 
 def _get(cfg: DictConfig, path: str):
@@ -71,5 +73,53 @@ def validate(cfg: DictConfig) -> None:
     if any(s <= 0 for s in cfg.model.std):
         raise ConfigError("key 'model.std': every entry must be > 0")
     check_ranges(cfg)   # attack budgets within the pixel range, evaluation settings (ranges.py)
+    _validate_langevin(cfg)
+    if cfg.model.width is not None and cfg.model.width <= 0:
+        raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
+    from ..models import check_config as check_model_config  # imports torch: only when validating
+    check_model_config(cfg.model)
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    _validate_methods(cfg)
+
+
+def _validate_methods(cfg: DictConfig) -> None:
+    """Method names, options and combinations (each method's own `check_config`), run and stages."""
+    from ..methods import check_method_config
+    check_method_config(cfg.method, "method")
+    for i, st in enumerate(cfg.stages):
+        if st.method is not None:
+            check_method_config(st.method, f"stages.{i}.method")
+
+
+CONSTRAINED_OPTIMIZERS = ("circle", "orthogonal")
+
+
+def _validate_langevin(cfg: DictConfig) -> None:
+    """`optim.langevin`: checked whatever the optimizer, so a typo never waits for a later stage."""
+    lc = cfg.optim.langevin
+    kinds = ("constant", "linear", "cosine", "exponential", "step")
+    if lc.temperature_schedule not in kinds:
+        raise ConfigError(f"key 'optim.langevin.temperature_schedule': value '{lc.temperature_schedule}' "
+                          f"is not one of {', '.join(kinds)}")
+    for key in ("temperature", "temperature_final"):
+        if not lc[key] >= 0:
+            raise ConfigError(f"key 'optim.langevin.{key}': a temperature must be >= 0, got {lc[key]}")
+    if lc.temperature_schedule == "exponential" and not (lc.temperature_final > 0 and lc.temperature > 0):
+        raise ConfigError("key 'optim.langevin.temperature_final': exponential cooling needs temperature and "
+                          "temperature_final > 0 (use linear or cosine to cool to 0)")
+    if not 0.0 <= lc.cooling_start < 1.0:
+        raise ConfigError(f"key 'optim.langevin.cooling_start': must be in [0, 1), got {lc.cooling_start}")
+    if not lc.friction > 0:
+        raise ConfigError(f"key 'optim.langevin.friction': friction gamma must be > 0, got {lc.friction}")
+    if not lc.radius > 0:
+        raise ConfigError(f"key 'optim.langevin.radius': must be > 0, got {lc.radius}")
+    if lc.radius_first is not None and not lc.radius_first > 0:
+        raise ConfigError(f"key 'optim.langevin.radius_first': must be > 0 (or null), got {lc.radius_first}")
+    if not 0 < lc.tolerance < 1e-3:
+        raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
+    if lc.max_iterations < 1:
+        raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
+                          "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")

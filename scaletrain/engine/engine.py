@@ -26,7 +26,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .dist import DistInfo, ensure_ds_accelerator
-from .optim import LRSchedule, Segment, create_optimizer
+from .optim import LRSchedule, Segment, create_optimizer, param_groups
+from .sync_bn import convert_sync_batchnorm
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -169,6 +170,9 @@ class Engine:
     def set_schedule(self, schedule: LRSchedule) -> None:
         self.schedule = schedule
         self._apply_lr()
+        fn = getattr(self.optimizer, "set_total_steps", None)  # e.g. a Langevin temperature schedule
+        if callable(fn):
+            fn(schedule.total_steps)
 
     def _apply_lr(self) -> None:
         if self.schedule is not None:
@@ -336,13 +340,15 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
     ga = grad_accum_steps(cfg, dist.world_size)
     if cfg.engine.precision == "fp16" and dist.device.type != "cuda":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    if cfg.model.sync_bn and dist.world_size > 1:  # before DeepSpeed wraps (and ZeRO-3 partitions) it
+        model = convert_sync_batchnorm(model, dist.device.type)
     model = model.to(dist.device)
     make_opt = optimizer_factory or (lambda params: create_optimizer(cfg.optim, params))
     if backend == "torch":
         if dist.world_size > 1:  # same initial weights on every rank (DeepSpeed does this too)
             for t in list(model.parameters()) + list(model.buffers()):
                 tdist.broadcast(t.data, src=0)
-        opt = make_opt(model.parameters())
+        opt = make_opt(param_groups(model))
         eng = Engine(cfg, model, opt, dist, ga)
         eng._apply_lr()
         _tell_partitions(eng)
@@ -351,13 +357,23 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
         raise ConfigError(f"key 'engine.backend': unknown backend '{backend}'")
     ensure_ds_accelerator(cfg.engine.device)
     import deepspeed  # after DS_ACCELERATOR is set
-    opt = make_opt(model.parameters())
+    opt = make_opt(param_groups(model))
     ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, dist.world_size),
                                               dist_init_required=False)
+    if cfg.engine.precision != "fp32" and int(cfg.engine.zero_stage) == 3:
+        _cast_float_buffers(ds_engine.module, _DTYPES[cfg.engine.precision])
     eng = Engine(cfg, model, opt, dist, ga, ds_engine=ds_engine)
     eng._apply_lr()
     _tell_partitions(eng)
     return eng
+
+
+def _cast_float_buffers(module: torch.nn.Module, dtype: torch.dtype) -> None:
+    """ZeRO-3 casts the parameters to bf16/fp16 but leaves the buffers fp32 (stages 0-2 cast the
+    whole module); BatchNorm's eval forward then fails on mixed dtypes. Match stages 0-2."""
+    for buf in module.buffers():
+        if buf.is_floating_point() and buf.dtype != dtype:
+            buf.data = buf.data.to(dtype)
 
 
 def _tell_partitions(eng: Engine) -> None:

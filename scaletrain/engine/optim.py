@@ -46,8 +46,26 @@ def _adamw(params, cfg):
                              **dict(cfg.kwargs))
 
 
+def param_groups(model: torch.nn.Module):
+    """The model's parameters for the optimizer: one group, plus a group with `weight_decay` 0 for
+    the parameters a module lists in its `no_weight_decay` attribute (names of its own parameters,
+    timm's convention; e.g. PNI's noise scales). Without such parameters: the plain parameter list."""
+    skip = set()
+    for m in model.modules():
+        for name in getattr(m, "no_weight_decay", ()) or ():
+            p = getattr(m, name, None)
+            if isinstance(p, torch.nn.Parameter):
+                skip.add(id(p))
+    params = [p for p in model.parameters()]
+    if not skip:
+        return params
+    return [{"params": [p for p in params if id(p) not in skip]},
+            {"params": [p for p in params if id(p) in skip], "weight_decay": 0.0}]
+
+
 def create_optimizer(cfg, params) -> torch.optim.Optimizer:
     """Build the optimizer named by `cfg.name` (the `optim` section) over `params`."""
+    _register_builtins()
     opt = OPTIMIZERS.create(cfg.name, params, cfg)
     if not isinstance(opt, torch.optim.Optimizer):
         raise TypeError(f"optimizer builder '{cfg.name}' returned {type(opt).__name__}, "
@@ -55,7 +73,12 @@ def create_optimizer(cfg, params) -> torch.optim.Optimizer:
     return opt
 
 
+def _register_builtins() -> None:
+    from .. import optim  # noqa: F401  (Langevin, constrained, ... register themselves)
+
+
 def available() -> List[str]:
+    _register_builtins()
     return OPTIMIZERS.names()
 
 

@@ -3,19 +3,22 @@
     for stage in stages:                         # cfg.stages, or one implicit stage
         for epoch in stage:
             for x, y in data.train_loader(epoch, stage):
-                loss, logits, info = method.loss(engine.forward, x, y, ctx)   # ctx.attack_model = engine.module
-                engine.backward(loss); engine.step()
+                for replay in range(method.replays):                  # Free AT: m > 1
+                    [BEFORE_FORWARD] x, y = method.before_forward(x, y, ctx)
+                    [LOSS]           out = method.loss(engine.forward, x, y, ctx)   # ctx.attack_model = engine.module
+                    [AFTER_LOSS]     out = method.after_loss(out, x, y, ctx)
+                    engine.backward(out.loss); [AFTER_BACKWARD]; engine.step(); [AFTER_STEP]
                 log every train.log_every steps; checkpoint every train.ckpt_every steps
+            [EPOCH_END]
         checkpoint at the stage end
 
-Method extension points (all optional attributes of the method object):
-  `replays` (int)            train on each batch this many times (Free-AT)
-  `after_backward(ctx)`      runs after the backward, before the step: input gradients of the
-                             same backward are available (Free-AT perturbation update)
-  `after_step(ctx)`          runs after the optimizer step: non-gradient updates (Hebbian phases)
-  `ctx.request_rollback()`   reload the newest checkpoint and continue from it (e.g. a
-                             catastrophic-overfitting guard); with several ranks every rank must
-                             request it at the same step (decide on an all-reduced metric)
+A method (scaletrain.methods.Method) declares its events; only declared events are called.
+`ctx.rng` gives per-sample random numbers keyed by (method seed, step, replay, global sample
+index), the same on 1 and N ranks. `ctx.request_rollback()` reloads the newest checkpoint and
+continues from it (a catastrophic-overfitting guard); with several ranks every rank must request
+it at the same step (decide on an all-reduced metric: `ctx.all_reduce_sum`). Method state
+(`state_dict`) is saved in every checkpoint (per rank) and restored on resume and rollback
+(except the keys the method lists in `rollback_keep`).
 """
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ from . import dist as D
 from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
+from ..methods.base import Event, Method
+from ..rng import SampleRNG
 
 
 @dataclass
@@ -63,6 +68,11 @@ class StepContext:
     step: int = 0
     state: Dict[str, Any] = field(default_factory=dict)   # a method's own scratch space
     rollback_reason: Optional[str] = None
+    replay: int = 0                  # replay index of this batch (Free AT), 0..replays-1
+    sample_index: Optional[torch.Tensor] = None   # global sample index of each row of the batch
+    rng: Optional[SampleRNG] = None  # per-sample random numbers (module scaletrain.rng)
+    rollbacks: int = 0               # rollbacks so far in this run
+    alert_fn: Optional[Callable] = None
 
     @property
     def device(self):
@@ -71,9 +81,25 @@ class StepContext:
     def request_rollback(self, reason: str = "requested") -> None:
         self.rollback_reason = reason
 
+    def all_reduce_sum(self, values: List[float]) -> List[float]:
+        """Sum of plain numbers over ranks (every rank must call, in the same order)."""
+        return D.all_reduce_sum(list(values))
+
+    def alert(self, title: str, text: str, **metrics: float) -> None:
+        """A warning for the user: console, train_log.jsonl and W&B (rank 0)."""
+        if self.alert_fn is not None:
+            self.alert_fn(title, text, metrics)
+
 
 class _Rollback(Exception):
     pass
+
+
+def _as_method(method) -> Method:
+    if not isinstance(method, Method):
+        raise TypeError(f"the trainer takes a scaletrain.methods.Method (declared events), got "
+                        f"{type(method).__name__}")
+    return method
 
 
 @dataclass
@@ -86,7 +112,7 @@ class Position:
 class Trainer:
     def __init__(self, cfg, engine, method, data, tracker=None, run_dir: Optional[str] = None,
                  hooks=None, method_factory: Optional[Callable] = None, eval_fn: Optional[Callable] = None):
-        self.cfg, self.engine, self.method, self.data, self.tracker = cfg, engine, method, data, tracker
+        self.cfg, self.engine, self.method, self.data, self.tracker = cfg, engine, _as_method(method), data, tracker
         self.run_dir = run_dir or os.path.join(cfg.out_dir, cfg.name)
         self.hooks = list(hooks) if hooks is not None else active_hooks()
         self.method_factory, self.eval_fn = method_factory, eval_fn
@@ -99,6 +125,7 @@ class Trainer:
         self.resumed_from: Optional[str] = None
         self.rollbacks = 0
         self._methods: Dict[int, Any] = {}
+        self._method_states: Dict[str, Any] = {}   # restored states of methods not built yet
         self._pending_rng: Optional[dict] = None
         self._loader_state = None
         self._meter = self._new_meter()
@@ -122,7 +149,10 @@ class Trainer:
                 latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
                 if latest is None:
                     raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
+                keep = {k: m.rollback_state() for k, m in self._live_methods().items()}
                 self.restore(latest)
+                for k, m in self._live_methods().items():
+                    m.load_rollback_state(keep.get(k, {}))
         result = self._finish(time.time() - t0)
         call(self.hooks, "on_fit_end", self, result)
         return result
@@ -150,18 +180,28 @@ class Trainer:
 
     def _train_step(self, method, x, y, si: int, ep: int) -> None:
         eng = self.engine
-        x, y = x.to(eng.device, non_blocking=True), y.to(eng.device, non_blocking=True)
+        x0, y0 = x.to(eng.device, non_blocking=True), y.to(eng.device, non_blocking=True)
         ctx = self._ctx(si, ep)
-        for _ in range(int(getattr(method, "replays", 1))):
+        index = self._sample_index(x0.shape[0])
+        step0 = eng.global_step
+        for replay in range(method.replays):
+            ctx.replay, ctx.step, ctx.sample_index = replay, eng.global_step, index
+            ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            x, y = x0, y0
             with eng.autocast():
-                loss, logits, info = method.loss(eng.forward, x, y, ctx)
+                if method.handles(Event.BEFORE_FORWARD):
+                    x, y = method.before_forward(x, y, ctx)
+                out = method.loss(eng.forward, x, y, ctx)
+                if method.handles(Event.AFTER_LOSS):
+                    out = method.after_loss(out, x, y, ctx)
+            loss, logits, info = out
             eng.backward(loss)
-            if hasattr(method, "after_backward"):
+            if method.handles(Event.AFTER_BACKWARD):
                 method.after_backward(ctx)
             moved = eng.step()  # at a boundary: sets the scheduled lr, then steps
-            if hasattr(method, "after_step"):
+            if method.handles(Event.AFTER_STEP):
                 method.after_step(ctx)
-            self._accumulate(loss, logits, y, info)
+            self._accumulate(loss, logits, y0, info)
             if moved and self.cfg.train.log_every and eng.global_step % self.cfg.train.log_every == 0:
                 self._log(si, ep, eng.lr)
         if ctx.rollback_reason:
@@ -192,6 +232,9 @@ class Trainer:
         row = {"step": self.engine.global_step, "stage": si, "epoch": ep, "loss": sums[0] / n,
                "acc": sums[1] / n, "lr": lr, "samples_per_s": sums[2] / dt}
         row.update({k: v / n for k, v in zip(keys, sums[3:])})
+        opt_metrics = getattr(self.engine.optimizer, "log_metrics", None)  # temperature, constraint violation
+        if callable(opt_metrics):
+            row.update(opt_metrics())   # collective for constrained optimizers: every rank logs here
         self.last_metrics = row
         self._meter = self._new_meter()
         if self.is_rank0:
@@ -204,6 +247,11 @@ class Trainer:
         call(self.hooks, "on_log", self, row, row["step"])
 
     def _end_epoch(self, si: int, ep: int) -> None:
+        method = self._method(si)
+        if method.handles(Event.EPOCH_END):
+            ctx = self._ctx(si, ep)
+            ctx.step = self.engine.global_step
+            method.epoch_end(ctx)
         metrics = dict(self.last_metrics)
         if self.eval_fn is not None and self.cfg.train.eval_every_epochs and \
                 (ep + 1) % self.cfg.train.eval_every_epochs == 0:
@@ -226,7 +274,8 @@ class Trainer:
 
     # ---- checkpoints ------------------------------------------------------------------------
     def save_checkpoint(self, loader=None) -> str:
-        rank_state = {"rng": rng_state(), "loader": None}
+        rank_state = {"rng": rng_state(), "loader": None,
+                      "methods": {k: m.state_dict() for k, m in self._live_methods().items()}}
         if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
             rank_state["loader"] = loader.state_dict()
         meta = {"step": self.engine.global_step, "micro_step": self.engine.micro_step,
@@ -247,6 +296,10 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
         self.last_checkpoint = self.resumed_from = path
         self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
+        self._method_states = dict(rank_state.get("methods") or {})
+        for k, m in self._live_methods().items():
+            if k in self._method_states:
+                m.load_state_dict(self._method_states.pop(k))
         self._meter = self._new_meter()
         set_rng_state(self._pending_rng)
         self._truncate_log(meta["step"])
@@ -291,10 +344,37 @@ class Trainer:
 
     def _ctx(self, si: int, ep: int) -> StepContext:
         if getattr(self, "_ctx_obj", None) is None:
-            self._ctx_obj = StepContext(attack_model=self.engine.module, engine=self.engine)
+            self._ctx_obj = StepContext(attack_model=self.engine.module, engine=self.engine,
+                                        alert_fn=self._alert)
         c = self._ctx_obj
-        c.stage, c.epoch, c.step = si, ep, self.engine.global_step
+        c.stage, c.epoch, c.step, c.rollbacks = si, ep, self.engine.global_step, self.rollbacks
         return c
+
+    def _sample_index(self, n: int) -> torch.Tensor:
+        """Global sample index of each row of this micro-batch: the global batch of optimizer step
+        `global_step` holds samples [step * B, (step + 1) * B); rank r's k-th accumulated
+        micro-batch is its slice (r * grad_accum + k) (the loaders' layout), so 1 rank with
+        accumulation and N ranks give each sample the same index."""
+        e, mbs = self.engine, int(self.cfg.data.batch_size)
+        ga = e.grad_accum
+        gbs = mbs * ga * e.world_size
+        start = e.global_step * gbs + (e.rank * ga + e.micro_step % ga) * mbs
+        return torch.arange(start, start + n, dtype=torch.int64)
+
+    def _method_seed(self, si: int) -> int:
+        spec = self.stages[si].method or self.cfg.method
+        seed = spec.get("seed", None)
+        return int(self.cfg.seed if seed is None else seed)
+
+    def _alert(self, title: str, text: str, metrics: Dict[str, float]) -> None:
+        step = self.engine.global_step
+        if not self.is_rank0:
+            return
+        print(f"[scaletrain] ALERT step {step}: {title}: {text}", flush=True)
+        with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:
+            f.write(json.dumps({"step": step, "alert": title, "text": text, **metrics}) + "\n")
+        if self.tracker is not None:
+            self.tracker.alert(title, text, step=step, metrics=metrics)
 
     def _method(self, si: int):
         spec = self.stages[si].method
@@ -304,8 +384,16 @@ class Trainer:
             factory = self.method_factory
             if factory is None:
                 from ..methods import create_method as factory
-            self._methods[si] = factory(spec)
+            m = self._methods[si] = _as_method(factory(spec))
+            if f"stage{si}" in self._method_states:
+                m.load_state_dict(self._method_states.pop(f"stage{si}"))
         return self._methods[si]
+
+    def _live_methods(self) -> Dict[str, Method]:
+        """The method objects built so far, by checkpoint key ('run', 'stage<i>')."""
+        out = {"run": self.method}
+        out.update({f"stage{i}": m for i, m in self._methods.items()})
+        return out
 
     def _data_epoch(self, si: int, ep: int) -> int:
         """Epoch number handed to the loader: counts across stages (distinct shuffles)."""

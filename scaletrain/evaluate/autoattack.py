@@ -20,6 +20,8 @@ def autoattack_batch_fn(cfg, grid):
         def __init__(self, eps):
             self.attacks = (APGDCE(eps=eps, steps=steps, norm=cfg.norm, model_mode=cfg.model_mode),
                             APGDT(eps=eps, steps=steps, norm=cfg.norm, model_mode=cfg.model_mode))
+            for atk in self.attacks:
+                atk.eot_samples = int(getattr(cfg, "eot_samples", 1))   # EOT for randomised models
 
         def __call__(self, model, x, y, rng):
             out, alive = x.clone(), torch.ones(x.shape[0], dtype=torch.bool, device=x.device)

@@ -102,7 +102,7 @@ def _check_cfg(cfg) -> None:
         raise ConfigError(f"key 'eval.norm': value '{cfg.norm}' is not one of linf, l2")
     if cfg.model_mode not in ("eval", "train"):
         raise ConfigError(f"key 'eval.model_mode': value '{cfg.model_mode}' is not one of eval, train")
-    for key in ("pgd_steps", "restarts", "autoattack_steps"):
+    for key in ("pgd_steps", "restarts", "autoattack_steps", "eot_samples"):
         if int(getattr(cfg, key, 1)) <= 0:
             raise ConfigError(f"key 'eval.{key}': must be > 0, got {getattr(cfg, key)}")
     if cfg.pgd_alpha is not None and cfg.pgd_alpha <= 0:
@@ -145,6 +145,7 @@ def build_eval_attack(spec: str, eps: float, cfg):
                   norm=cfg.norm, random_start=True, restarts=cfg.restarts, model_mode=cfg.model_mode)
     common.update({k: v for k, v in opts.items() if k in common or k in ("loss", "targeted")})
     kw.update({k: v for k, v in opts.items() if k not in common and k not in ("loss", "targeted")})
+    kw.setdefault("eot", int(getattr(cfg, "eot_samples", 1)))   # EOT gradients for randomised models
     return create_attack(name, eps=eps, **common, **kw)
 
 
@@ -262,8 +263,8 @@ def _eval_batch(model, x, y, b, first, cfg, grid, st: _State, extras):
     index = torch.arange(first, first + n)      # global sample indices: each sample's random streams
     ok = {}
     for name in cfg.attacks:
-        ok[name] = attack_curve(model, x, y, ok_clean, grid, cfg, lambda e, name=name: build_eval_attack(name, e, cfg),
-                                SampleRNG(cfg.seed, index, "attack", name))
+        make = lambda e, name=name: build_eval_attack(name, e, cfg)  # noqa: E731
+        ok[name] = attack_curve(model, x, y, ok_clean, grid, cfg, make, SampleRNG(cfg.seed, index, "attack", name))
         st.correct[name] = [c + int(v) for c, v in zip(st.correct[name], ok[name].sum(0).tolist())]
     worst = ok_clean[:, None].expand(n, len(grid)).clone()
     for mat in ok.values():

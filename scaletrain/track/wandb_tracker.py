@@ -74,6 +74,21 @@ class Tracker:
             return
         self.run.log(metrics, step=step)
 
+    def alert(self, title: str, text: str, step: Optional[int] = None,
+              metrics: Optional[Dict[str, float]] = None) -> None:
+        """A training alert (e.g. catastrophic overfitting): logged as `alert/<title>` scalars and
+        text in the history (readable offline), and as a W&B alert when the run is online."""
+        if self.run is None:
+            return
+        key = "alert/" + "".join(c if c.isalnum() else "_" for c in title.lower())
+        self.run.log({key: 1, f"{key}_text": text, **{f"{key}/{k}": v for k, v in (metrics or {}).items()}},
+                     step=step)
+        if self.mode == "online":
+            try:
+                self._wandb.alert(title=title, text=text, level=self._wandb.AlertLevel.WARN)
+            except Exception as e:  # an alert must never stop training
+                print(f"[scaletrain] W&B alert not sent: {e}", flush=True)
+
     def log_report(self, report: Dict[str, Any], step: Optional[int] = None, prefix: str = "eval") -> None:
         """Robustness results: scalars (history + summary), a table and a curve plot per attack."""
         if self.run is None:

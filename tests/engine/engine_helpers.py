@@ -1,8 +1,5 @@
-"""Small fakes for engine tests: digits in memory, a resumable loader, CE and PGD-AT methods.
-
-Independent of scaletrain.data / attacks / methods on purpose (engine tests must not
-depend on other packages' progress).
-"""
+"""Small fakes for engine tests: digits in memory and a resumable loader; the methods are the
+shipped ones (`shipped_method`), so the engine tests exercise the product's methods."""
 from __future__ import annotations
 
 import os
@@ -11,7 +8,6 @@ os.environ.setdefault("DS_ACCELERATOR", "cpu")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 from scaletrain.config import load_config  # noqa: E402
 
@@ -70,46 +66,19 @@ class Data:
                              self.cfg.data.seed)
 
 
-class CEMethod:
-    def loss(self, model, x, y, ctx):
-        logits = model(x)
-        return F.cross_entropy(logits, y), logits, {}
+def shipped_method(*overrides):
+    """A registered method built from a config section, as `scaletrain train` builds it."""
+    from scaletrain.methods import create_method
+    return create_method(load_config(None, list(overrides)).method)
 
 
-def pgd(model, x, y, eps, alpha, steps, generator=None):
-    was = model.training
-    model.eval()
-    delta = (torch.rand(x.shape, generator=generator) * 2 - 1).to(x) * eps
-    delta = ((x + delta).clamp(0, 1) - x).detach()
-    for _ in range(steps):
-        delta.requires_grad_(True)
-        loss = F.cross_entropy(model(x + delta), y)
-        (g,) = torch.autograd.grad(loss, delta)
-        delta = (delta + alpha * g.sign()).clamp(-eps, eps)
-        delta = ((x + delta).clamp(0, 1) - x).detach()
-    model.train(was)
-    return (x + delta).detach()
+def CEMethod():
+    return shipped_method("method.name=standard")
 
 
-class PGDATMethod:
-    """PGD-AT: attack on ctx.attack_model (the unwrapped module), train on the adversarial batch.
-    The random start is keyed by (seed, global sample block) so 1 rank x accumulation and N ranks
-    draw the same starts for the same samples."""
-
-    def __init__(self, eps=0.2, steps=3, seed=0, global_rng=False):
-        self.eps, self.steps, self.seed, self.global_rng = eps, steps, seed, global_rng
-
-    def loss(self, model, x, y, ctx):
-        if self.global_rng:  # draws from torch's global RNG: resume must restore it
-            x_adv = pgd(ctx.attack_model, x, y, self.eps, 2.5 * self.eps / self.steps, self.steps)
-            logits = model(x_adv)
-            return F.cross_entropy(logits, y), logits, {"adv": 1.0}
-        e = ctx.engine
-        block = e.global_step * e.world_size * e.grad_accum + e.rank * e.grad_accum + e.micro_step % e.grad_accum
-        g = torch.Generator().manual_seed(self.seed * 1000003 + block)
-        x_adv = pgd(ctx.attack_model, x, y, self.eps, 2.5 * self.eps / self.steps, self.steps, generator=g)
-        logits = model(x_adv)
-        return F.cross_entropy(logits, y), logits, {"adv": 1.0}
+def PGDATMethod(eps=0.2, steps=3):
+    """The shipped pgd_at (random starts from the trainer's per-sample generator)."""
+    return shipped_method("method.name=pgd_at", f"method.attack.eps={eps}", f"method.attack.steps={steps}")
 
 
 def make_cfg(tmp, *overrides):

@@ -33,7 +33,7 @@ def main():
     torch.manual_seed(cfg.seed)
     engine = build_engine(cfg, create_model(cfg.model), dist)
     hooks = [Killer(int(os.environ["KILL_AT"]))] if os.environ.get("KILL_AT") else []
-    Trainer(cfg, engine, PGDATMethod(eps=0.2, steps=2, global_rng=True), Data(cfg, 0, 1, n=128),
+    Trainer(cfg, engine, PGDATMethod(eps=0.2, steps=2), Data(cfg, 0, 1, n=128),
             run_dir=run_dir, hooks=hooks).fit()
     cleanup()
 

@@ -1,7 +1,8 @@
 """Kill-and-resume: a run SIGKILLed right after a mid-epoch checkpoint and restarted with
 resume=auto ends bit-identical (weights and every logged loss) to an uninterrupted run,
-on 1 CPU rank. The method draws its PGD random starts from torch's global RNG, so this
-also proves RNG states and the data-stream position are restored."""
+on 1 CPU rank, with the shipped pgd_at (random starts from the trainer's per-sample
+generator, keyed by step and global sample index, so they follow the restored step counter
+and data-stream position)."""
 import json
 import os
 import subprocess

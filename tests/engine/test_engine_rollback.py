@@ -9,11 +9,15 @@ import torch.nn.functional as F
 
 from engine_helpers import Data, make_cfg
 from scaletrain.engine import Trainer, build_engine, init_distributed
+from scaletrain.methods import Event, Method
 from scaletrain.models import create_model
 
 
-class GuardedCE:
+class GuardedCE(Method):
+    events = (Event.LOSS,)
+
     def __init__(self, fire_at=None):
+        super().__init__()
         self.fire_at, self.fired = fire_at, 0
 
     def loss(self, model, x, y, ctx):

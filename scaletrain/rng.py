@@ -1,0 +1,112 @@
+"""Random numbers keyed by global sample index: the same numbers for the same sample at any world size.
+
+A training step sees a micro-batch of a global batch. With data parallelism the micro-batch
+that rank r holds is a slice of the global batch; with gradient accumulation on one rank the
+same slice is a micro-batch of that rank. Random draws made per micro-batch from a shared
+generator would therefore differ between 1 and N ranks. `SampleRNG` draws each sample's
+numbers from its own generator, seeded by a hash of (seed, key..., global sample index,
+draw number), so a sample gets the same random start / noise / box wherever it is processed.
+
+    rng = SampleRNG(seed, index, "step", 12)     # index: LongTensor of global sample indices
+    u = rng.rand(x.shape, device=x.device)        # row i depends only on (seed, key, index[i], draw)
+    sub = rng.fork("probe")                       # an independent stream for another use
+    part = rng.subset(mask)                       # the same per-sample streams for a subset
+
+Each call to `rand`/`randn` advances a draw counter, so calling the same sequence of draws
+gives the same numbers; different calls give independent numbers. Numbers are drawn on the
+CPU (one small generator per sample) and moved to `device`: cheap for the per-batch draws of
+training (attack starts, noise, mixing), exact across CPU/GPU and world sizes.
+Plain PyTorch: attacks, methods and the trainer import it; it imports nothing of ours.
+"""
+from __future__ import annotations
+
+import hashlib
+import struct
+from typing import Optional, Sequence
+
+import torch
+
+
+def mix_seed(*parts) -> int:
+    """A 63-bit seed from any tuple of ints and strings (stable across processes and versions)."""
+    h = hashlib.blake2b(digest_size=8)
+    for p in parts:
+        if isinstance(p, str):
+            h.update(b"s" + p.encode())
+        else:
+            h.update(b"i" + struct.pack("<q", int(p)))
+    return int.from_bytes(h.digest(), "little") & ((1 << 63) - 1)
+
+
+class SampleRNG:
+    """Per-sample random streams (see the module docstring)."""
+
+    def __init__(self, seed: int, index: torch.Tensor, *key):
+        self.seed = int(seed)
+        self.index = torch.as_tensor(index, dtype=torch.int64).reshape(-1).cpu()
+        self.key = tuple(key)
+        self._draw = 0
+
+    def __len__(self) -> int:
+        return int(self.index.numel())
+
+    # -------------------------------------------------------------- derived streams
+    def fork(self, *key) -> "SampleRNG":
+        """An independent stream for the same samples (e.g. 'attack', 'probe', 'noise')."""
+        return SampleRNG(self.seed, self.index, *self.key, *key)
+
+    def subset(self, sel) -> "SampleRNG":
+        """The streams of a subset of the samples (boolean mask or index tensor), with the same key
+        and draw position: a draw on the subset gives each sample what it would get in a new call."""
+        sel = torch.as_tensor(sel).cpu()
+        out = SampleRNG(self.seed, self.index[sel], *self.key)
+        out._draw = self._draw
+        return out
+
+    def generator(self, *key, device: Optional[torch.device] = None) -> torch.Generator:
+        """One generator for a whole-batch draw, keyed by the batch's first global sample index
+        (e.g. a mixing permutation): the same across world sizes as long as the micro-batch holds
+        the same samples (true for 1 rank x accumulation vs N ranks with this trainer)."""
+        first = int(self.index[0]) if len(self) else -1
+        g = torch.Generator(device=device or "cpu")
+        g.manual_seed(mix_seed(self.seed, *self.key, *key, "batch", first, len(self)))
+        return g
+
+    # -------------------------------------------------------------- draws
+    def _draw_rows(self, fn, shape: Sequence[int], device, dtype) -> torch.Tensor:
+        shape = tuple(int(s) for s in shape)
+        if shape[0] != len(self):
+            raise ValueError(f"SampleRNG: first dimension {shape[0]} != number of samples {len(self)}")
+        draw = self._draw
+        self._draw += 1
+        g = torch.Generator()
+        rows = []
+        for i in self.index.tolist():
+            g.manual_seed(mix_seed(self.seed, *self.key, i, draw))
+            rows.append(fn(shape[1:], generator=g, dtype=torch.float32))
+        out = torch.stack(rows) if rows else torch.empty(shape, dtype=torch.float32)
+        return out.to(device=device or "cpu", dtype=dtype or torch.float32)
+
+    def rand(self, shape, device=None, dtype=None) -> torch.Tensor:
+        """Uniform [0, 1) numbers of `shape` (first dimension = samples)."""
+        return self._draw_rows(torch.rand, shape, device, dtype)
+
+    def randn(self, shape, device=None, dtype=None) -> torch.Tensor:
+        """Standard normal numbers of `shape` (first dimension = samples)."""
+        return self._draw_rows(torch.randn, shape, device, dtype)
+
+
+def rand(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """`torch.rand` that also accepts a `SampleRNG` as the generator (attacks call this)."""
+    if isinstance(generator, SampleRNG):
+        return generator.rand(shape, device=device, dtype=dtype)
+    dev = generator.device if generator is not None else device
+    return torch.rand(shape, generator=generator, device=dev, dtype=dtype).to(device)
+
+
+def randn(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:
+    """`torch.randn` that also accepts a `SampleRNG` as the generator."""
+    if isinstance(generator, SampleRNG):
+        return generator.randn(shape, device=device, dtype=dtype)
+    dev = generator.device if generator is not None else device
+    return torch.randn(shape, generator=generator, device=dev, dtype=dtype).to(device)
