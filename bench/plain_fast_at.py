@@ -3,8 +3,9 @@ of bench/reproduce_mnist.py; no scaletrain code).
 
 Recipe (their train_mnist.py defaults): the 2-conv net, FGSM with a uniform random start in
 [-eps, eps], eps 0.3, step 0.375, 10 epochs of batch 100, Adam with a triangular learning rate
-0 -> 5e-3 (at 2/5 of the run) -> 0 updated every step. One difference from their loop, kept
-equal to scaletrain's FGSM-RS: the random start is clipped to [0, 1] before the gradient step.
+0 -> 5e-3 (at 2/5 of the run) -> 0 updated every step. As in their code the gradient is taken at
+the unclipped start x + delta (scaletrain: fgsm_rs with clip_start=false); `--clip-start` clips the
+start to [0, 1] first (scaletrain's default FGSM-RS).
 
     python bench/plain_fast_at.py --data ../shared/data/mnist [--epochs 10] [--threads 1] [--json out.json]
 """
@@ -42,9 +43,10 @@ def wong_net():
                          nn.Flatten(), nn.Linear(32 * 7 * 7, 100), nn.ReLU(), nn.Linear(100, 10))
 
 
-def fgsm_rs(model, x, y, eps, alpha):
+def fgsm_rs(model, x, y, eps, alpha, clip_start=False):
     delta = (torch.rand_like(x) * 2 - 1) * eps
-    x0 = (x + delta).clamp(0, 1).requires_grad_(True)
+    x0 = (x + delta).clamp(0, 1) if clip_start else x + delta
+    x0.requires_grad_(True)
     loss = F.cross_entropy(model(x0), y)
     (g,) = torch.autograd.grad(loss, x0)
     x_adv = torch.max(torch.min(x0.detach() + alpha * g.sign(), x + eps), x - eps)
@@ -66,7 +68,8 @@ def pgd_accuracy(model, x, y, eps=0.3, alpha=0.01, steps=20, bs=500):
     return ok / len(x)
 
 
-def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, threads=1, eval_samples=1000):
+def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, threads=1, eval_samples=1000,
+          clip_start=False):
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     x, y = load(data, "train")
@@ -87,7 +90,7 @@ def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, th
             lr = lr_max * (step + 1) / peak if step < peak else lr_max * (n_steps - step) / (n_steps - peak)
             for grp in opt.param_groups:
                 grp["lr"] = lr
-            x_adv = fgsm_rs(model, xb, yb, eps, alpha)
+            x_adv = fgsm_rs(model, xb, yb, eps, alpha, clip_start)
             loss = F.cross_entropy(model(x_adv), yb)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -99,7 +102,7 @@ def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, th
         clean = float((model(xt).argmax(1) == yt).float().mean())
     pgd = pgd_accuracy(model, xt[:eval_samples], yt[:eval_samples])
     return {"steps": step, "seconds": seconds, "steps_per_s": step / seconds, "clean": clean,
-            f"pgd20_first{eval_samples}": pgd, "threads": threads, "epochs": epochs}
+            f"pgd20_first{eval_samples}": pgd, "threads": threads, "epochs": epochs, "clip_start": clip_start}
 
 
 def main(argv=None):
@@ -109,8 +112,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
+    p.add_argument("--clip-start", action="store_true")
     a = p.parse_args(argv)
-    r = train(a.data, epochs=a.epochs, threads=a.threads, seed=a.seed)
+    r = train(a.data, epochs=a.epochs, threads=a.threads, seed=a.seed, clip_start=a.clip_start)
     print(json.dumps(r, indent=1), flush=True)
     if a.json:
         with open(a.json, "w") as f:

@@ -58,6 +58,7 @@ def fast_at_overrides(a):
     steps = 10 * 600
     return common(a, "fast_at") + [
         f"method.name={method}", "method.attack.name=fgsm_rs", "method.attack.eps=0.3", "method.attack.alpha=0.375",
+        "method.attack.kwargs={clip_start: false}",   # Wong et al.'s code: gradient at the unclipped start
         "train.epochs=10", "data.batch_size=100", "optim.lr=5e-3", "optim.schedule=linear",
         f"optim.warmup_steps={steps * 2 // 5}"]
 
@@ -113,9 +114,9 @@ def evaluate(a, name):
         dest = os.path.join(run, f"eval-{kind}")
         if not (os.path.exists(os.path.join(dest, "report.json")) and not a.fresh):
             log = os.path.join(a.out, f"{name}-eval-{kind}.log")
-            p = sh([sys.executable, "-m", "scaletrain.cli", "eval", run, "--out", dest, "--no-progress",
-                    "--no-wandb", "--fresh", "eval.eps=[0.3]", "eval.batch_size=1000",
-                    f"eval.cpu_threads={a.eval_threads}", *extra], log)
+            p = sh([sys.executable, "-m", "scaletrain.cli", "eval", "--out", dest, "--no-progress", "--no-wandb",
+                    "--fresh", run, "eval.eps=[0.3]", "eval.batch_size=1000", f"eval.cpu_threads={a.eval_threads}",
+                    *extra], log)
             if p.wait() != 0:
                 sys.exit(f"failed: see {log}")
         with open(os.path.join(dest, "report.json")) as f:

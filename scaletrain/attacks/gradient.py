@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ..rng import rand as _rand
 from .base import (Attack, default_alpha, normalize_grad, project, random_start as _random_start,
                    step_sizes)
 from ..errors import ConfigError
@@ -64,14 +65,23 @@ class FGSM(Attack):
 
 
 class FGSMRS(Attack):
+    """``clip_start=False`` (L-inf) takes the gradient at the unclipped start x + delta, which may
+    leave [0, 1], as Wong et al.'s MNIST code does (fast_adversarial, train_mnist.py); the result is
+    projected onto the ball and [0, 1] either way."""
+
     name = "fgsm_rs"
 
-    def __init__(self, *, eps, alpha=None, norm="linf", loss="ce", model_mode="eval", targeted=False):
+    def __init__(self, *, eps, alpha=None, norm="linf", loss="ce", model_mode="eval", targeted=False,
+                 clip_start=True):
         super().__init__(eps=eps, norm=norm, loss=loss, model_mode=model_mode, targeted=targeted)
         self.alpha = 1.25 * self.eps if alpha is None else float(alpha)
+        self.clip_start = bool(clip_start)
 
     def _run(self, model, x, y, generator):
-        x0 = _random_start(x, self.eps, self.norm, generator)
+        if self.clip_start or self.norm != "linf":
+            x0 = _random_start(x, self.eps, self.norm, generator)
+        else:   # the same uniform draw as random_start, without its clip to [0, 1]
+            x0 = x + (2 * _rand(x.shape, generator, device=x.device) - 1) * self.eps
         _, g, _ = self.loss_and_grad(model, x0, y)
         return project(x0 + self.alpha * normalize_grad(g, self.norm), x, self.eps, self.norm)
 
