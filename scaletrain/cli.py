@@ -1,4 +1,4 @@
-"""`scaletrain` command line: train / eval / shards / export / launch.
+"""`scaletrain` command line: train / eval / shards / export / analyze / launch / sweep.
 
 The CLI only parses and calls the library. A `UserError` (bad key, missing
 file, corrupt shard, ...) prints one line and exits with code 2.
@@ -10,7 +10,7 @@ import os
 import sys
 from typing import List, Optional, Sequence, Tuple
 
-from .errors import UserError
+from .errors import Preempted, UserError
 
 EPILOG_TRAIN = """\
 examples:
@@ -19,6 +19,7 @@ examples:
   scaletrain train train.epochs=5 tracking.wandb=false
   scaletrain train engine.zero_stage=2 method.attack.eps=0.3
   scaletrain train engine.launcher=ray engine.workers=2
+  scaletrain train ensemble.size=5                   # 5 seeds on Ray Tune + ensemble evaluation
 
 Overrides are OmegaConf dot-list items (key=value); lists as key=[a,b].
 An unknown key or a wrong type stops with exit code 2 and names the key.
@@ -42,7 +43,7 @@ def split_config_and_overrides(args: Sequence[str]) -> Tuple[Optional[str], List
 
 def _cmd_train(ns) -> int:
     from .config import load_config
-    from .run import train
+    from .orchestrate import train
     config, overrides = split_config_and_overrides(ns.args)
     if config is None and os.path.exists(os.path.join("configs", "default.yaml")):
         config = os.path.join("configs", "default.yaml")
@@ -53,6 +54,12 @@ def _cmd_train(ns) -> int:
         return 0
     train(cfg)
     return 0
+
+
+def _cmd_sweep(ns) -> int:
+    from .orchestrate import run_sweep
+    summary = run_sweep(ns.sweep_file, ns.overrides)
+    return 0 if summary["counts"]["ok"] or summary["counts"]["stopped"] else 1
 
 
 def _cmd_eval(ns) -> int:
@@ -70,12 +77,18 @@ def _cmd_export(ns) -> int:
     return export_main(ns.rest)
 
 
+def _cmd_analyze(ns) -> int:
+    from .evaluate.analyze_cli import analyze_main
+    return analyze_main(ns.rest)
+
+
 def _cmd_launch(ns) -> int:
     from .orchestrate.launch import launch_main
     return launch_main(ns.rest)
 
 
-_PASSTHROUGH = {"eval": _cmd_eval, "shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch}
+_PASSTHROUGH = {"eval": _cmd_eval, "shards": _cmd_shards, "export": _cmd_export, "launch": _cmd_launch,
+                "analyze": _cmd_analyze}
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -98,10 +111,26 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     t.set_defaults(fn=_cmd_train)
 
+    w = sub.add_parser("sweep", help="run a hyperparameter / ensemble sweep on Ray Tune",
+                       description="Run every trial of a sweep file (configs/sweeps/*.yaml) as a full scaletrain "
+                                   "run on Ray Tune, then write results.csv/json, summary.md and plots to "
+                                   "<out_dir>/<name>/. Re-running the same command continues an interrupted "
+                                   "sweep, skipping finished trials (docs/sweeps.md).",
+                       epilog="examples:\n  scaletrain sweep configs/sweeps/digits_eps.yaml\n"
+                              "  scaletrain sweep configs/sweeps/digits_eps.yaml concurrency=1 train.epochs=2\n\n"
+                              "Sweep keys (name, concurrency, num_samples, scheduler.name, ...) change the sweep; "
+                              "other key paths are experiment overrides for every trial.",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    w.add_argument("sweep_file", metavar="SWEEP.yaml")
+    w.add_argument("overrides", nargs="*", metavar="key=value")
+    w.set_defaults(fn=_cmd_sweep)
+
     for name, fn, helptext in (
             ("eval", _cmd_eval, "evaluate trained runs (one, or an ensemble) with the robustness suite"),
             ("shards", _cmd_shards, "write WebDataset shards from digits / IDX / npz / image folders"),
             ("export", _cmd_export, "export a run's weights as a plain fp32 state_dict"),
+            ("analyze", _cmd_analyze, "sensitivity analysis of a run: input gradients, Lipschitz, weight noise, "
+                                      "ODE step size"),
             ("launch", _cmd_launch, "submit a run to a Ray cluster (Ray Jobs API)")):
         s = sub.add_parser(name, help=helptext, add_help=False,
                            description=f"{helptext} (see `scaletrain {name} --help`)")
@@ -122,6 +151,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return int(ns.fn(ns) or 0)
     except UserError as e:
         print(f"scaletrain {ns.command}: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except Preempted as e:  # checkpoint written: rerun with resume=auto (docs/engine.md)
+        print(f"scaletrain {ns.command}: {e} (exit {e.exit_code})", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print(f"scaletrain {ns.command}: interrupted", file=sys.stderr)

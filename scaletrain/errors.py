@@ -18,3 +18,20 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """Bad input data: missing, corrupt or inconsistent shards."""
+
+
+EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was written; rerun with resume=auto (docs/engine.md)
+
+
+class Preempted(Exception):
+    """Training stopped on a signal or stop request after writing its checkpoint."""
+
+    exit_code = EXIT_PREEMPTED
+
+    def __init__(self, reason: str, step: int, checkpoint=None):
+        super().__init__(f"interrupted by {reason} at step {step}; checkpoint {checkpoint}; "
+                         f"rerun with resume=auto to continue")
+        self.reason, self.step, self.checkpoint = reason, step, checkpoint
+
+    def __reduce__(self):  # picklable (Ray ships exceptions between processes)
+        return (Preempted, (self.reason, self.step, self.checkpoint))

@@ -1,9 +1,11 @@
-"""Library entry points: `train(cfg) -> report`, `train_worker`, `load_run`.
+"""One run in this process: `train(cfg) -> report` (local launcher or a torchrun rank) and
+`train_worker`, one rank of any run.
 
-`train` dispatches on `engine.launcher`; every rank then runs `train_worker`,
-the one function that builds data, model, method and engine, trains, saves
-the final weights, evaluates and tracks. Ray Train / Tune call `train_worker`
-(or `train`) directly, so a sweep trial is an ordinary run.
+`train_worker` is the one function that builds data, model, method and engine, trains,
+saves the final weights, evaluates and tracks. The orchestration layer above it
+(`scaletrain.orchestrate.train`: Ray Train runs, Tune sweeps, ensembles) calls
+`train_worker` in its workers, so a sweep trial is an ordinary run. This module never
+imports `orchestrate/`; shared run-folder helpers live in `runs.py`.
 """
 from __future__ import annotations
 
@@ -14,35 +16,22 @@ from typing import Any, Dict, List, Optional, Sequence, Union
 
 from omegaconf import DictConfig
 
-from .config import config_from_dict, load_config, save_config, to_dict
-from .errors import ConfigError, UserError
+from .config import save_config, to_dict
+from .errors import ConfigError, Preempted
+from .evaluate.quick import quick_eval_fn
+from .runs import ConfigLike, as_config as _as_config, load_run, resolve_run_dir, set_cpu_threads as _set_cpu_threads
 
-ConfigLike = Union[DictConfig, Dict[str, Any]]
-
-
-def _as_config(cfg: ConfigLike) -> DictConfig:
-    return cfg if isinstance(cfg, DictConfig) else config_from_dict(cfg)
-
-
-def resolve_run_dir(cfg: DictConfig) -> Path:
-    """runs/<name>; with resume=never an existing non-empty folder gets a suffix
-    (-2, -3, ...) so a previous run's outputs are never overwritten."""
-    base = Path(cfg.out_dir) / cfg.name
-    if cfg.resume != "never" or not base.exists() or not any(base.iterdir()):
-        return base
-    i = 2
-    while (Path(cfg.out_dir) / f"{cfg.name}-{i}").exists():
-        i += 1
-    return Path(cfg.out_dir) / f"{cfg.name}-{i}"
+__all__ = ["train", "train_worker", "evaluate_checkpoint", "load_run", "resolve_run_dir"]
 
 
 def train(cfg: ConfigLike) -> Dict[str, Any]:
-    """Train and evaluate one run as the config says; returns the report."""
+    """Train and evaluate one run in this process (engine.launcher local or torchrun); returns
+    the report. Ray runs and ensembles go through `scaletrain.orchestrate.train(cfg)`."""
     cfg = _as_config(cfg)
     launcher = cfg.engine.launcher
-    if launcher == "ray":
-        from .orchestrate.ray_train import run_with_ray
-        return run_with_ray(cfg)
+    if launcher == "ray" or cfg.ensemble.size > 1:
+        raise ConfigError("key 'engine.launcher'/'ensemble.size': Ray runs and ensembles are orchestrated: "
+                          "call scaletrain.orchestrate.train(cfg) (what `scaletrain train` does)")
     if launcher == "torchrun" and "WORLD_SIZE" not in os.environ:
         raise ConfigError("key 'engine.launcher': 'torchrun' means the ranks are started by torchrun: "
                           "torchrun --nproc-per-node=N -m scaletrain.cli train ... (docs/launch.md)")
@@ -108,11 +97,16 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         model = create_model(cfg.model)
         method = create_method(cfg.method)
         engine = build_engine(cfg, model, dist)
-        tracker = Tracker(cfg.tracking, str(run_dir), to_dict(cfg), rank=dist.rank, name=run_dir.name)
+        tracker = Tracker(cfg.tracking, str(run_dir), to_dict(cfg), rank=dist.rank, name=run_dir.name,
+                          job_type=cfg.tracking.job_type)
         t0 = time.time()
         trainer = Trainer(cfg, engine, method, _DataSource(cfg, dist.rank, dist.world_size),
-                          tracker=tracker, run_dir=str(run_dir), **(hooks or {}))
-        history = trainer.fit()
+                          tracker=tracker, run_dir=str(run_dir), eval_fn=quick_eval_fn(cfg), **(hooks or {}))
+        try:
+            history = trainer.fit()
+        except Preempted as stop:
+            _record_preemption(stop, run_dir, tracker, dist.rank)
+            raise
         train_seconds = time.time() - t0
         summary_fn = getattr(engine.optimizer, "summary", None)  # Langevin: temperature schedule, violations
         optim_summary = summary_fn() if callable(summary_fn) else None  # collective: every rank
@@ -126,6 +120,12 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
                                "global_step": history.get("global_step"),
                                "final": history.get("train", {}), "best": history.get("best", {}),
                                "resumed_from": history.get("resumed_from")}
+            summarize = getattr(method, "summarize", None)  # hebbian: filter grid + unconverged fraction
+            if callable(summarize):
+                report["hebbian"] = summarize(state, str(run_dir), model)
+                tracker.log_image("hebbian/filters", report["hebbian"]["filters_png"], step=engine.global_step)
+                tracker.log({f"hebbian/{k}": v for k, v in report["hebbian"].items()
+                             if isinstance(v, (int, float)) and not isinstance(v, bool)}, step=engine.global_step)
             if optim_summary:
                 report["optimizer"] = optim_summary
                 tracker.log({f"optim/{k}": v for k, v in optim_summary.items() if isinstance(v, (int, float))},
@@ -138,20 +138,14 @@ def train_worker(cfg: ConfigLike, run_dir: Optional[Union[str, Path]] = None,
         cleanup()
 
 
-def _set_cpu_threads(cfg, device_type: str = "cpu", local_ranks: int = 1) -> None:
-    """Torch threads per rank on CPU (`engine.cpu_threads`; 0 = share the cores between
-    the local ranks). The default is 1: the models this runs on CPU are small, and
-    oversubscribed OpenMP threads slowed the default job 6x on a busy 2-core machine
-    (docs/benchmarks.md). The same setting applies to `scaletrain eval`, so its
-    numbers match the run's bit for bit."""
-    import torch
-    if device_type != "cpu":
-        return
-    n = cfg.engine.cpu_threads
-    if n <= 0:
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", local_ranks))
-        n = max(1, (os.cpu_count() or 1) // max(local, 1))
-    torch.set_num_threads(n)
+def _record_preemption(stop: Preempted, run_dir: Path, tracker, rank: int) -> None:
+    """The interruption goes on record: interrupted.json, one console line, W&B (rank 0)."""
+    from .engine.preempt import record_interruption
+    if rank == 0:
+        record_interruption(str(run_dir), stop.reason, stop.step, stop.checkpoint)
+        print(f"scaletrain: {stop}", flush=True)
+        tracker.log({"train/preempted": 1}, step=stop.step)
+    tracker.finish()
 
 
 def _shared_run_dir(cfg: DictConfig, dist) -> Path:
@@ -188,25 +182,3 @@ def _finish_report(report: Dict[str, Any], out_dir: Path, tracker, step: Optiona
         tracker.log_report(report, step=step)
     print(format_table(report), flush=True)
     print(f"outputs: {out_dir}", flush=True)
-
-
-def load_run(path: Union[str, Path], overrides: Sequence[str] = ()):
-    """(config, state_dict, run_dir) of a run folder or a `model.pt` inside one."""
-    import torch
-    p = Path(path)
-    if not p.exists():
-        raise UserError(f"no such run folder or checkpoint: {p}")
-    ckpt = p / "model.pt" if p.is_dir() else p
-    run_dir = ckpt.parent
-    cfg_file = run_dir / "config.yaml"
-    if not ckpt.exists():
-        raise UserError(f"{p}: no model.pt (is this a finished run folder?)")
-    if not cfg_file.exists():
-        raise UserError(f"{run_dir}: config.yaml not found next to the checkpoint")
-    cfg = load_config(str(cfg_file), overrides)
-    _set_cpu_threads(cfg)  # the run's thread count: conv reductions, hence numbers, depend on it
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)
-    except Exception as e:  # corrupt or not a weights file
-        raise UserError(f"{ckpt}: cannot be read as a weights-only state_dict ({type(e).__name__}: {e})") from None
-    return cfg, state, run_dir

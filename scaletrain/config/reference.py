@@ -34,7 +34,10 @@ This file is generated: `python -m scaletrain.config.reference > docs/configurat
 SECTIONS = [("ExperimentConfig", "top level"), ("DataConfig", "data"), ("AugmentConfig", "data.augment"),
             ("ModelConfig", "model"), ("MethodConfig", "method"), ("AttackConfig", "method.attack"),
             ("OptimConfig", "optim"), ("LangevinConfig", "optim.langevin"), ("EngineConfig", "engine"), ("TrainConfig", "train"),
-            ("StageConfig", "stages[i]"), ("EvalConfig", "eval"), ("TrackConfig", "tracking")]
+            ("StageConfig", "stages[i]"), ("EvalConfig", "eval"), ("TrackConfig", "tracking"),
+            ("EnsembleConfig", "ensemble"),
+            ("SweepConfig", "sweep file (scaletrain sweep)"), ("SchedulerConfig", "sweep: scheduler"),
+            ("SweepResources", "sweep: resources"), ("EnsembleConfig", "sweep: ensemble")]
 
 
 def _comments(cls) -> Dict[str, str]:

@@ -163,6 +163,8 @@ class EngineConfig:
     max_failures: int = 0          # Ray Train: restarts from the last checkpoint after a worker dies
     ray_storage: Optional[str] = None  # Ray Train storage_path (shared FS / s3://; None = <run_dir>/ray)
     dist_backend: Optional[str] = None  # None = nccl on GPU, gloo on CPU
+    placement: str = "PACK"        # Ray placement of the workers: PACK | SPREAD | STRICT_SPREAD (one per node) | STRICT_PACK
+    worker_resources: Dict[str, float] = field(default_factory=dict)  # extra Ray resources per worker, e.g. {node_b: 1} (custom node resources)
     deepspeed: Dict[str, Any] = field(default_factory=dict)  # merged into the generated DS config
 
 
@@ -182,7 +184,12 @@ class TrainConfig:
     log_every: int = 10            # steps between metric logs
     ckpt_every: int = 0            # steps between checkpoints (0 = stage ends only)
     keep_last: int = 2             # checkpoints kept
-    eval_every_epochs: int = 0     # quick clean eval during training (0 = off)
+    ckpt_every_minutes: float = 30.0  # also checkpoint when this much wall time passed since the last one (0 = off)
+    preempt_grace_s: float = 100.0 # on SIGTERM/SIGINT/SIGUSR1: max seconds to finish the step and checkpoint (0 = no limit)
+    eval_every_epochs: int = 0     # quick eval every N epochs: clean and PGD accuracy on a fixed test batch, logged as eval/acc, eval/pgd_acc and reported to Ray Tune (0 = off)
+    eval_samples: int = 256        # test samples in the quick eval's fixed batch (the first N of the test split)
+    eval_eps: Optional[float] = None  # PGD budget of the quick eval (None = method.attack.eps; 0 = clean only)
+    eval_steps: int = 5            # PGD iterations of the quick eval
     progress: bool = True          # tqdm progress bar on rank 0
 
 
@@ -215,6 +222,13 @@ class TrackConfig:
     entity: Optional[str] = None   # W&B entity (team or user)
     group: Optional[str] = None    # W&B group (e.g. a sweep or an ensemble)
     tags: List[str] = field(default_factory=list)  # W&B tags
+    job_type: str = "train"        # W&B job_type (sweeps set trial, ensembles member, their summaries summary)
+
+
+@dataclass
+class EnsembleConfig:
+    size: int = 1                  # K > 1: train K seeds (seed, seed+1, ...) as Ray Tune trials, then evaluate the averaged-logit ensemble (docs/sweeps.md)
+    concurrency: int = 0           # members trained at once (0 = as many as the logical CPUs allow)
 
 
 @dataclass
@@ -232,3 +246,42 @@ class ExperimentConfig:
     stages: List[StageConfig] = field(default_factory=list) # multi-stage recipe; empty = one stage from train/method
     eval: EvalConfig = field(default_factory=EvalConfig) # robustness suite run after training and by `scaletrain eval` (docs/evaluation.md)
     tracking: TrackConfig = field(default_factory=TrackConfig) # W&B
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig) # K-seed ensembles (docs/sweeps.md)
+
+
+# ---- sweep files (configs/sweeps/*.yaml, `scaletrain sweep`; docs/sweeps.md) -----------------
+
+@dataclass
+class SchedulerConfig:
+    name: str = "none"             # none | asha (asynchronous successive halving, Li et al. 2020, arXiv:1810.05934)
+    metric: Optional[str] = None   # metric reported during training that ASHA compares, e.g. val_pgd_acc (needs train.eval_every_epochs)
+    mode: str = "max"              # max | min for the scheduler's metric
+    grace_period: int = 1          # epochs every trial runs before it may be stopped
+    reduction_factor: int = 2      # at each rung only the best 1/reduction_factor go on
+    max_t: Optional[int] = None    # epochs of a full trial (None = train.epochs of the base config)
+
+
+@dataclass
+class SweepResources:
+    workers: int = 1               # Ray Train workers per trial (1 = the trial process trains itself)
+    cpus_per_worker: float = 1.0   # logical CPUs per worker; fractions allowed (0.5 = two workers per core)
+    gpus_per_worker: float = 0.0   # GPUs per worker (fractions allowed)
+
+
+@dataclass
+class SweepConfig:
+    name: str = "sweep"            # sweep name: folder <out_dir>/<name>, W&B group
+    base: Optional[str] = None     # experiment YAML the trials start from (relative to the sweep file; None = defaults)
+    overrides: Dict[str, Any] = field(default_factory=dict)  # key path -> value applied to every trial
+    space: Dict[str, Any] = field(default_factory=dict)  # key path -> {grid|choice: [..]} | {uniform|loguniform: [lo, hi]} | {randint: [lo, hi]}
+    num_samples: int = 1           # samples of the random search (each grid point is sampled this many times)
+    search: str = "random"         # random | grid (grid: only grid/choice parameters, every combination once)
+    seed: int = 0                  # seed of the random search
+    metric: str = "robustness_score"  # metric ranking the trials: a name of the report's scalar metrics, e.g. pgd/acc@0.2
+    mode: str = "max"              # max | min
+    scheduler: SchedulerConfig = field(default_factory=SchedulerConfig) # optional ASHA early stopping
+    concurrency: int = 0           # trials at once (0 = as many as the logical CPUs allow)
+    resources: SweepResources = field(default_factory=SweepResources) # per trial
+    ensemble: EnsembleConfig = field(default_factory=EnsembleConfig) # K seeds per configuration
+    out_dir: str = "sweeps"        # parent of the sweep folder
+    ray_address: Optional[str] = None  # existing Ray cluster (else RAY_ADDRESS, else a local one)

@@ -25,15 +25,18 @@ CHOICES = {
     "eval.model_mode": ("eval", "train"),
     "model.pni": ("off", "layer", "channel"),
     "tracking.mode": ("auto", "offline", "online", "disabled"),
+    "engine.placement": ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK"),
 }
 
 POSITIVE = ("data.batch_size", "data.eval_batch_size", "data.shard_samples", "engine.workers",
             "engine.grad_accum", "eval.pgd_steps", "eval.batch_size", "eval.restarts", "eval.autoattack_steps", "eval.eot_samples",
-            "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size")
+            "method.attack.restarts", "model.num_classes", "model.in_channels", "model.image_size",
+            "train.eval_samples", "ensemble.size")
 NON_NEGATIVE = ("train.epochs", "train.log_every", "train.ckpt_every", "data.workers",
                 "optim.lr", "optim.weight_decay", "engine.grad_clip", "optim.warmup_steps",
                 "method.attack.eps", "method.attack.steps", "train.keep_last", "model.pni_init",
-                "model.vib_dim")
+                "model.vib_dim", "train.eval_every_epochs", "train.eval_steps", "ensemble.concurrency",
+                "train.ckpt_every_minutes", "train.preempt_grace_s")
 
 
 def _get(cfg: DictConfig, path: str):
@@ -65,6 +68,8 @@ def validate(cfg: DictConfig) -> None:
     for key in ("data.epoch_size", "data.augment.resize"):
         if _get(cfg, key) is not None and _get(cfg, key) <= 0:
             raise ConfigError(f"key '{key}': must be > 0 (or null), got {_get(cfg, key)}")
+    if cfg.train.eval_eps is not None and cfg.train.eval_eps < 0:
+        raise ConfigError(f"key 'train.eval_eps': must be >= 0 (or null), got {cfg.train.eval_eps}")
     for key in ("data.shuffle_buffer", "data.augment.crop_padding"):
         if _get(cfg, key) < 0:
             raise ConfigError(f"key '{key}': must be >= 0, got {_get(cfg, key)}")
@@ -78,18 +83,44 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")
     from ..models import check_config as check_model_config  # imports torch: only when validating
     check_model_config(cfg.model)
+    from ..models import randomized_at_test
+    if randomized_at_test(cfg.model) and cfg.eval.eot_samples < 2:
+        raise ConfigError(f"key 'eval.eot_samples': model '{cfg.model.name}' draws noise at test "
+                          "(model.kwargs.test_noise); attack it with expectation over transformation, "
+                          "eval.eot_samples >= 2 (Athalye et al. 2018), or set test_noise: false")
+    from ..engine.optim import requires_closure
+    if requires_closure(cfg.optim.name):
+        if cfg.engine.backend != "torch":
+            raise ConfigError(f"key 'engine.backend': optimizer '{cfg.optim.name}' steps with a closure (line "
+                              "search), which DeepSpeed's engine.step() cannot pass; use engine.backend=torch")
+        if cfg.engine.grad_accum != 1 or cfg.engine.global_batch_size is not None or cfg.engine.precision == "fp16":
+            raise ConfigError(f"key 'optim.name': '{cfg.optim.name}' line-searches one micro-batch: needs "
+                              "engine.grad_accum=1, no engine.global_batch_size, and no fp16 loss scaling")
     if cfg.engine.precision != "fp32" and cfg.engine.device == "cpu" and cfg.engine.precision == "fp16":
         raise ConfigError("key 'engine.precision': fp16 needs a GPU; use fp32 or bf16 on CPU")
+    for k, v in cfg.engine.worker_resources.items():
+        if not isinstance(v, (int, float)) or v <= 0:
+            raise ConfigError(f"key 'engine.worker_resources.{k}': must be a number > 0, got {v}")
     _validate_methods(cfg)
 
 
 def _validate_methods(cfg: DictConfig) -> None:
     """Method names, options and combinations (each method's own `check_config`), run and stages."""
-    from ..methods import check_method_config
-    check_method_config(cfg.method, "method")
-    for i, st in enumerate(cfg.stages):
-        if st.method is not None:
-            check_method_config(st.method, f"stages.{i}.method")
+    from ..methods import check_method_config, replays_for
+    sections = [("method", cfg.method)] + [(f"stages.{i}.method", st.method) for i, st in enumerate(cfg.stages)
+                                           if st.method is not None]
+    for key, m in sections:
+        check_method_config(m, key)
+        e = cfg.engine
+        if replays_for(m) > 1 and (e.grad_accum != 1 or (e.global_batch_size is not None and
+                                                          e.global_batch_size != cfg.data.batch_size * e.workers)):
+            raise ConfigError(f"key 'engine.grad_accum': {key}.name={m.name} replays every batch as optimizer "
+                              f"steps; it needs no gradient accumulation (grad_accum=1, global_batch_size null)")
+        if m.name == "fast_at" and m.guard.every and m.guard.response == "rollback" and not cfg.train.ckpt_every:
+            raise ConfigError(f"key 'train.ckpt_every': {key}.guard.response=rollback reloads the last "
+                              f"checkpoint; set train.ckpt_every > 0 (e.g. a few times guard.every)")
+    from ..methods.loss_terms import check_model_addons
+    check_model_addons(cfg)
 
 
 CONSTRAINED_OPTIMIZERS = ("circle", "orthogonal")
@@ -120,6 +151,9 @@ def _validate_langevin(cfg: DictConfig) -> None:
         raise ConfigError(f"key 'optim.langevin.tolerance': must be in (0, 1e-3), got {lc.tolerance}")
     if lc.max_iterations < 1:
         raise ConfigError(f"key 'optim.langevin.max_iterations': must be >= 1, got {lc.max_iterations}")
+    if cfg.method.name == "hebbian" and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
+        raise ConfigError("key 'engine.zero_stage': method 'hebbian' writes whole first-layer weights and "
+                          "supports ZeRO 0-2, not 3")
     if cfg.optim.name in CONSTRAINED_OPTIMIZERS and cfg.engine.backend == "deepspeed" and cfg.engine.zero_stage == 3:
         raise ConfigError(f"key 'engine.zero_stage': optimizer '{cfg.optim.name}' needs whole weights and "
                           "supports ZeRO 0-2, not 3 (ZeRO-3 partitions every parameter across ranks)")

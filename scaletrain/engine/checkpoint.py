@@ -6,7 +6,8 @@ Layout of one checkpoint (`<run_dir>/checkpoints/step_000000120/`)::
                      (written last: a folder without a complete meta.json is never used)
     config.yaml      the resolved config of the run
     model.pt         consolidated fp32 state_dict (any ZeRO stage), plain tensors
-    rank00000.pt     per-rank RNG states (torch, CUDA, numpy, python) and data-stream position
+    rank00000.pt     per-rank RNG states (torch, CUDA, numpy, python), data-stream position and
+                     module buffers (BatchNorm statistics differ per rank)
     engine/          optimizer/partition state: DeepSpeed's files, or engine.pt (torch backend)
 
 Every rank writes into `.tmp-step_.../`; after a barrier rank 0 writes
@@ -72,6 +73,20 @@ def set_rng_state(state: Dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
 
 
+def module_buffers(module: torch.nn.Module) -> Dict[str, torch.Tensor]:
+    """This rank's buffers (BatchNorm running statistics: each rank's differ)."""
+    return {k: b.detach().cpu().clone() for k, b in module.named_buffers()}
+
+
+def load_buffers(module: torch.nn.Module, buffers: Optional[Dict[str, torch.Tensor]]) -> None:
+    if not buffers:
+        return
+    with torch.no_grad():
+        for k, b in module.named_buffers():
+            if k in buffers:
+                b.copy_(buffers[k].to(b.device))
+
+
 def read_meta(path: str) -> Optional[dict]:
     """The checkpoint's meta.json if the checkpoint is complete, else None."""
     try:
@@ -134,6 +149,9 @@ class CheckpointManager:
             os.makedirs(tmp)
         D.barrier()
         engine.save_state(os.path.join(tmp, "engine"))
+        if engine.zero_stage > 0:  # layout-free optimizer state: resume at another world size
+            from .elastic import save_slices
+            save_slices(engine, tmp)
         rank_file = f"rank{engine.rank:05d}.pt"
         torch.save(rank_state, os.path.join(tmp, rank_file))
         model_sd = engine.consolidated_state_dict()  # collective under ZeRO
@@ -145,6 +163,9 @@ class CheckpointManager:
         D.barrier()
         if D.is_rank0():
             files = ["model.pt"] + [f"rank{r:05d}.pt" for r in range(engine.world_size)]
+            if engine.zero_stage > 0:
+                from .elastic import rank_file as elastic_file
+                files += [elastic_file(r) for r in range(engine.world_size)]
             meta = dict(meta, complete=True, files=files, world_size=engine.world_size,
                         backend=engine.backend, zero_stage=engine.zero_stage, time=time.time())
             with open(os.path.join(tmp, META), "w") as f:
@@ -176,13 +197,17 @@ class CheckpointManager:
         meta = read_meta(path)
         if meta is None:
             raise UserError(f"key 'resume': {path} is not a complete checkpoint")
-        if meta["world_size"] != engine.world_size and (meta["zero_stage"] > 0):
-            raise UserError(f"key 'resume': checkpoint {path} was written by {meta['world_size']} ranks "
-                            f"with ZeRO-{meta['zero_stage']}; resume with the same number of workers "
-                            f"(or start from its model.pt)")
         if meta["backend"] != engine.backend:
             raise UserError(f"key 'resume': checkpoint {path} is from engine.backend={meta['backend']}, "
                             f"this run uses {engine.backend}")
+        if meta["zero_stage"] > 0 and (meta["world_size"] != engine.world_size
+                                       or meta["zero_stage"] != engine.zero_stage):
+            from .elastic import FOLDER, load_elastic
+            if not os.path.isdir(os.path.join(path, FOLDER)):
+                raise UserError(f"key 'resume': checkpoint {path} was written by {meta['world_size']} ranks "
+                                f"with ZeRO-{meta['zero_stage']} and has no elastic/ state; resume with the "
+                                f"same number of workers and stage (or start from its model.pt)")
+            return load_elastic(engine, path, meta)
         engine.load_state(os.path.join(path, "engine"))
         rank_file = os.path.join(path, f"rank{engine.rank:05d}.pt")
         if not os.path.exists(rank_file):

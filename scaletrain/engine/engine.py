@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from ..errors import ConfigError
 from .dist import DistInfo, ensure_ds_accelerator
-from .optim import LRSchedule, Segment, create_optimizer, param_groups
+from .optim import LRSchedule, Segment, create_optimizer, param_groups, requires_closure
 from .sync_bn import convert_sync_batchnorm
 
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -124,6 +124,7 @@ class Engine:
         self._lr = float(cfg.optim.lr)
         self.schedule: Optional[LRSchedule] = None
         self._scaler = None
+        self._closure: Optional[Callable[[], torch.Tensor]] = None
         if ds_engine is None and self.precision == "fp16":
             self._scaler = torch.amp.GradScaler("cuda")
 
@@ -225,9 +226,28 @@ class Engine:
         if self._scaler is not None:
             self._scaler.step(self.optimizer)
             self._scaler.update()
+        elif self.needs_closure:
+            self.optimizer.step(self._global_closure)
         else:
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+
+    # ---- closure-based optimizers (line searches: ncg) -----------------------------
+    @property
+    def needs_closure(self) -> bool:
+        return bool(getattr(self.optimizer, "requires_closure", False))
+
+    def set_closure(self, fn: Callable[[], torch.Tensor]) -> None:
+        """The loss of the current batch at the current weights (no backward), for the next step."""
+        self._closure = fn
+
+    def _global_closure(self) -> torch.Tensor:
+        """`set_closure`'s loss averaged over ranks, so every rank's line search decides alike."""
+        loss = self._closure().detach().float().reshape(1)
+        if self.world_size > 1:
+            tdist.all_reduce(loss)
+            loss /= self.world_size
+        return loss[0]
 
     # ---- ZeRO partition awareness ------------------------------------------------
     def param_slices(self) -> List[ParamSlice]:
@@ -265,6 +285,28 @@ class Engine:
             for p in self.module.parameters():
                 out.append(ParamSlice(names[id(p)], tuple(p.shape), p, 0, 0, p.numel()))
         return out
+
+    def write_param(self, name: str, value: torch.Tensor) -> None:
+        """Overwrite parameter `name` (full value, every rank the same) wherever the engine keeps it:
+        this rank's fp32 master pieces and the module's copy, so the next optimizer step neither
+        undoes nor ignores the change (non-gradient updates: Hebbian plasticity, frozen layers).
+        ZeRO 0-2 (a ZeRO-3 module holds no full parameter)."""
+        if self.zero_stage == 3:
+            raise RuntimeError("write_param needs whole module parameters (ZeRO 0-2)")
+        flat = value.detach().reshape(-1)
+        with torch.no_grad():
+            for s in self.param_slices():
+                if s.name == name:
+                    piece = flat[s.param_offset:s.param_offset + s.numel]
+                    s.tensor.view(-1)[s.offset:s.offset + s.numel].copy_(piece.to(s.tensor))
+            p = dict(self.module.named_parameters())[name]
+            p.copy_(value.detach().reshape(p.shape).to(p))
+
+    def all_reduce_sum_(self, t: torch.Tensor) -> torch.Tensor:
+        """Sum a tensor over the data-parallel ranks, in place (every rank must call)."""
+        if self.world_size > 1:
+            tdist.all_reduce(t)
+        return t
 
     # ---- state ----------------------------------------------------------------
     def consolidated_state_dict(self) -> Dict[str, torch.Tensor]:
@@ -355,6 +397,9 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
         return eng
     if backend != "deepspeed":
         raise ConfigError(f"key 'engine.backend': unknown backend '{backend}'")
+    if optimizer_factory is None and requires_closure(cfg.optim.name):
+        raise ConfigError(f"key 'optim.name': '{cfg.optim.name}' steps with a closure (line search), which "
+                          "DeepSpeed's engine.step() cannot pass; use engine.backend=torch")
     ensure_ds_accelerator(cfg.engine.device)
     import deepspeed  # after DS_ACCELERATOR is set
     opt = make_opt(param_groups(model))

@@ -73,6 +73,12 @@ def create_optimizer(cfg, params) -> torch.optim.Optimizer:
     return opt
 
 
+def requires_closure(name: str) -> bool:
+    """Whether the registered optimizer `name` steps with a closure (`builder.requires_closure`)."""
+    _register_builtins()
+    return name in OPTIMIZERS and bool(getattr(OPTIMIZERS.get(name), "requires_closure", False))
+
+
 def _register_builtins() -> None:
     from .. import optim  # noqa: F401  (Langevin, constrained, ... register themselves)
 

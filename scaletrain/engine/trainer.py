@@ -32,9 +32,10 @@ import torch
 from omegaconf import OmegaConf
 
 from . import dist as D
-from .checkpoint import CheckpointManager, resolve_resume, rng_state, set_rng_state
+from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
+from .preempt import Preempted, StopCoordinator, clear_stop
 from ..methods.base import Event, Method
 from ..rng import SampleRNG
 
@@ -47,6 +48,7 @@ class Stage:
     lr: float
     image_size: Optional[int] = None
     method: Any = None               # a MethodConfig, or None = the run's method
+    replays: int = 1                 # method.replays of the stage's method (set by the Trainer)
 
 
 def plan_stages(cfg) -> List[Stage]:
@@ -86,7 +88,7 @@ class StepContext:
         return D.all_reduce_sum(list(values))
 
     def alert(self, title: str, text: str, **metrics: float) -> None:
-        """A warning for the user: console, train_log.jsonl and W&B (rank 0)."""
+        """A warning for the user: console, <run_dir>/alerts.jsonl and W&B (rank 0)."""
         if self.alert_fn is not None:
             self.alert_fn(title, text, metrics)
 
@@ -130,6 +132,9 @@ class Trainer:
         self._loader_state = None
         self._meter = self._new_meter()
         self.is_rank0 = engine.rank == 0
+        for s in self.stages:  # `epochs` counts gradient passes: replaying methods (Free AT) run epochs / m
+            s.replays = int(self._method(s.index).replays)
+            s.epochs = -(-s.epochs // s.replays)
         if self.is_rank0:
             os.makedirs(self.run_dir, exist_ok=True)
 
@@ -140,19 +145,27 @@ class Trainer:
         path = resolve_resume(self.cfg.resume, self.run_dir)
         if path:
             self.restore(path)
-        while True:
-            try:
-                self._run()
-                break
-            except _Rollback as r:
-                self.rollbacks += 1
-                latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
-                if latest is None:
-                    raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
-                keep = {k: m.rollback_state() for k, m in self._live_methods().items()}
-                self.restore(latest)
-                for k, m in self._live_methods().items():
-                    m.load_rollback_state(keep.get(k, {}))
+        if self.is_rank0:
+            clear_stop(self.run_dir)  # a stop request of an earlier, interrupted launch
+        t = self.cfg.train
+        self.stopper = StopCoordinator(self.run_dir, t.ckpt_every_minutes, t.preempt_grace_s,
+                                       self.engine.rank, self.engine.world_size)
+        try:
+            while True:
+                try:
+                    self._run()
+                    break
+                except _Rollback as r:
+                    self.rollbacks += 1
+                    latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
+                    if latest is None:
+                        raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
+                    keep = {k: m.rollback_state() for k, m in self._live_methods().items()}
+                    self.restore(latest)
+                    for k, m in self._live_methods().items():
+                        m.load_rollback_state(keep.get(k, {}))
+        finally:
+            self.stopper.close()
         result = self._finish(time.time() - t0)
         call(self.hooks, "on_fit_end", self, result)
         return result
@@ -166,11 +179,11 @@ class Trainer:
                 batches = self._resume_iterator(loader)
                 eng.train()
                 for x, y in self._progress(batches, si, ep, loader):
+                    before = eng.global_step
                     self._train_step(method, x, y, si, ep)
                     self.pos.batch += 1
-                    if cfg.train.ckpt_every and eng.last_was_boundary and \
-                            eng.global_step % cfg.train.ckpt_every == 0:
-                        self.save_checkpoint(loader)
+                    if eng.last_was_boundary:
+                        self._at_boundary(loader, before)
                 if self._bar is not None:
                     self._bar.close()
                 self.pos = Position(si, ep + 1, 0)
@@ -198,6 +211,8 @@ class Trainer:
             eng.backward(loss)
             if method.handles(Event.AFTER_BACKWARD):
                 method.after_backward(ctx)
+            if eng.needs_closure:  # line-search optimizers re-evaluate this batch's loss (optim/ncg.py)
+                eng.set_closure(self._loss_closure(method, x, y, ctx, si, index, step0, replay))
             moved = eng.step()  # at a boundary: sets the scheduled lr, then steps
             if method.handles(Event.AFTER_STEP):
                 method.after_step(ctx)
@@ -207,6 +222,14 @@ class Trainer:
         if ctx.rollback_reason:
             reason, ctx.rollback_reason = ctx.rollback_reason, None
             raise _Rollback(reason)
+
+    def _loss_closure(self, method, x, y, ctx, si, index, step0, replay):
+        """The method's loss of (x, y) at the current weights, with the same per-sample random numbers."""
+        def closure():
+            ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            with self.engine.autocast():
+                return method.loss(self.engine.forward, x, y, ctx)[0].detach()
+        return closure
 
     # ---- metrics ----------------------------------------------------------------------------
     @staticmethod
@@ -273,8 +296,21 @@ class Trainer:
         call(self.hooks, "on_epoch_end", self, metrics)
 
     # ---- checkpoints ------------------------------------------------------------------------
-    def save_checkpoint(self, loader=None) -> str:
-        rank_state = {"rng": rng_state(), "loader": None,
+    def _at_boundary(self, loader, before: int) -> None:
+        """Checkpoint by steps, by time (train.ckpt_every_minutes) or on a stop request; the
+        time and stop decisions are all-reduced, so every rank saves (and stops) at the same step.
+        By steps: when the batch crossed a multiple of ckpt_every (a replaying method such as
+        Free AT makes m steps per batch; checkpoints fall at batch ends)."""
+        every, step = self.cfg.train.ckpt_every, self.engine.global_step
+        stop, due = self.stopper.poll() if self.stopper is not None else (False, False)
+        if (every and step // every > before // every) or due or stop:
+            self.save_checkpoint(loader, interrupted=self.stopper.reason if stop else None)
+        if stop:
+            raise Preempted(self.stopper.reason, step, self.last_checkpoint)
+
+    def save_checkpoint(self, loader=None, interrupted: Optional[str] = None) -> str:
+        # buffers (BatchNorm statistics) are rank-local: DeepSpeed saves rank 0's only
+        rank_state = {"rng": rng_state(), "loader": None, "buffers": module_buffers(self.engine.module),
                       "methods": {k: m.state_dict() for k, m in self._live_methods().items()}}
         if loader is not None and self.pos.batch > 0 and hasattr(loader, "state_dict"):
             rank_state["loader"] = loader.state_dict()
@@ -282,8 +318,12 @@ class Trainer:
                 "stage": self.pos.stage, "epoch": self.pos.epoch, "batch": self.pos.batch,
                 "best": self.best, "last_metrics": self.last_metrics, "rollbacks": self.rollbacks,
                 "stages": len(self.stages)}
+        if interrupted:
+            meta["interrupted"] = interrupted
         path = self.ckpt.save(self.engine, meta, rank_state, OmegaConf.to_yaml(self.cfg))
         self.last_checkpoint = path
+        if self.stopper is not None:
+            self.stopper.saved()
         call(self.hooks, "on_checkpoint", self, path, dict(self.last_metrics, step=self.engine.global_step))
         return path
 
@@ -296,6 +336,7 @@ class Trainer:
         self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
         self.last_checkpoint = self.resumed_from = path
         self._pending_rng, self._loader_state = rank_state["rng"], rank_state.get("loader")
+        load_buffers(self.engine.module, rank_state.get("buffers"))
         self._method_states = dict(rank_state.get("methods") or {})
         for k, m in self._live_methods().items():
             if k in self._method_states:
@@ -331,6 +372,7 @@ class Trainer:
 
     # ---- helpers ----------------------------------------------------------------------------
     _bar = None
+    stopper: Optional[StopCoordinator] = None
 
     def _progress(self, batches, si: int, ep: int, loader):
         if not (self.is_rank0 and self.cfg.train.progress):
@@ -371,7 +413,7 @@ class Trainer:
         if not self.is_rank0:
             return
         print(f"[scaletrain] ALERT step {step}: {title}: {text}", flush=True)
-        with open(os.path.join(self.run_dir, "train_log.jsonl"), "a") as f:
+        with open(os.path.join(self.run_dir, "alerts.jsonl"), "a") as f:
             f.write(json.dumps({"step": step, "alert": title, "text": text, **metrics}) + "\n")
         if self.tracker is not None:
             self.tracker.alert(title, text, step=step, metrics=metrics)
@@ -414,7 +456,7 @@ class Trainer:
             if n is None:  # unknown length: the schedule cannot be laid out; keep the peak lr
                 segments = None
                 break
-            segments.append(Segment(steps=max(-(-n * s.epochs // ga), 1), lr=s.lr))
+            segments.append(Segment(steps=max(-(-n * s.epochs * s.replays // ga), 1), lr=s.lr))
         kind = o.schedule if segments is not None else "constant"
         if segments is None:
             segments = [Segment(steps=1, lr=s.lr) for s in self.stages]

@@ -45,7 +45,7 @@ def _split(args: Sequence[str]):
 
 def _load(paths, overrides):
     from ..models import model_from_state
-    from ..run import load_run
+    from ..runs import load_run
     runs = []
     for p in paths:
         cfg, state, run_dir = load_run(p, overrides)

@@ -81,6 +81,9 @@ def to_markdown(report: Dict[str, Any]) -> str:
         body = _md_ensemble(report)
     else:
         body = _md_single(report, "Results")
+    if "sensitivity" in report:  # added by `scaletrain analyze`
+        from .analyze_cli import markdown as sensitivity_markdown
+        body += sensitivity_markdown(report["sensitivity"])
     return "\n".join(["# Robustness report", ""] + body)
 
 

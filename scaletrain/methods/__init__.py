@@ -20,7 +20,7 @@ register_method = METHODS.register
 
 
 def _builtins():
-    from . import adversarial, standard  # noqa: F401  (register built-ins)
+    from . import adversarial, augment, fast, free, hebbian, loss_terms, standard, trades  # noqa: F401  (register built-ins)
 
 
 def _extra_cfg(main_cfg, extra):
@@ -62,6 +62,12 @@ def check_method_config(cfg, key: str = "method") -> None:
         ecls.check_config(_extra_cfg(cfg, e), f"{key}.extra.{i}")
 
 
+def replays_for(cfg) -> int:
+    """How many times the method of section `cfg` trains on each batch (Free AT: m)."""
+    _builtins()
+    return METHODS.get(cfg.name).replays_for(cfg)
+
+
 def _get(name, key):
     if name not in METHODS:
         raise ConfigError(f"key '{key}': unknown method '{name}'; available: {', '.join(METHODS.names())}")
@@ -74,4 +80,4 @@ def available():
 
 
 __all__ = ["Method", "MethodOutput", "Event", "Composed", "hard_labels", "create_method", "register_method",
-           "check_method_config", "available", "METHODS"]
+           "check_method_config", "available", "METHODS", "replays_for"]

@@ -56,6 +56,8 @@ def attack_labels(model, x, y, target: str) -> torch.Tensor:
 class AdversarialMethod(Method):
     """Base of the methods whose inner maximisation is `method.attack` (subclasses declare events)."""
 
+    uses_beta = False          # trades / mart weight a robust term by method.beta
+
     def __init__(self, cfg):
         super().__init__(cfg)
         self.attack_cfg = cfg.attack
@@ -82,6 +84,11 @@ class AdversarialMethod(Method):
                 raise ConfigError(f"key '{key}.{k}': must be >= 0, got {cfg[k]}")
         if not 0.0 <= cfg.attack.eps <= 1.0:
             raise ConfigError(f"key '{key}.attack.eps': must be in [0, 1] (pixel units), got {cfg.attack.eps}")
+        if cfg.beta is not None and not cls.uses_beta:
+            raise ConfigError(f"key '{key}.beta': {cfg.name} has no beta (trades and mart do)")
+        if cfg.guard.every and cls.name != "fast_at":
+            raise ConfigError(f"key '{key}.guard.every': the catastrophic-overfitting guard belongs to fast_at, "
+                              f"not {cfg.name}")
         if dict(cfg.kwargs or {}):
             raise ConfigError(f"key '{key}.kwargs': {cfg.name} takes no kwargs ({', '.join(cfg.kwargs)}); "
                               f"its options are typed keys of '{key}' (docs/methods.md)")

@@ -47,7 +47,8 @@ class Event(str, enum.Enum):
 HANDLERS = {e.value for e in Event}
 _HOOKISH = ("on_", "before_", "after_", "epoch_")
 # public methods of Method itself that are not event handlers
-_API = {"state_dict", "load_state_dict", "handles", "check_config", "rollback_state", "load_rollback_state"}
+_API = {"state_dict", "load_state_dict", "handles", "check_config", "rollback_state", "load_rollback_state",
+        "replays_for"}
 
 
 class MethodOutput(NamedTuple):
@@ -131,6 +132,11 @@ class Method:
             setattr(self, k, v)
 
     # ---- config checks (at load, before anything is built) ---------------------
+    @classmethod
+    def replays_for(cls, cfg) -> int:
+        """`replays` of the method this config builds (without building it)."""
+        return int(cls.replays)
+
     @classmethod
     def check_config(cls, cfg, key: str) -> None:
         """Raise ConfigError naming `key`.<field> for impossible settings of this method."""

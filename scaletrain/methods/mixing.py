@@ -32,61 +32,45 @@ References
 """
 from __future__ import annotations
 
-import math
-from typing import Optional, Sequence, Tuple, Union
+from typing import Any, Sequence, Tuple, Union
 
 import torch
 import torch.nn.functional as F
 
-GeneratorLike = Union[None, torch.Generator, Sequence[torch.Generator]]
+# None | a torch.Generator | a sequence of per-sample generators | a scaletrain.rng.SampleRNG
+GeneratorLike = Union[None, torch.Generator, Sequence[torch.Generator], Any]
 
 
 # ----------------------------------------------------------------- random draws
+def is_sample_rng(generator) -> bool:
+    """A `scaletrain.rng.SampleRNG` (per-sample streams keyed by global sample index)."""
+    return hasattr(generator, "fork") and hasattr(generator, "randn") and not isinstance(generator, torch.Generator)
+
+
 def _uniform(n: int, k: int, generator: GeneratorLike) -> torch.Tensor:
-    """(n, k) float64 uniforms in [0, 1): one generator for all, or one per sample."""
+    """(n, k) float64 uniforms in [0, 1): from a SampleRNG (per global sample index), one
+    torch.Generator for the batch, or a sequence of n generators (one per sample)."""
+    if is_sample_rng(generator):
+        return generator.rand((n, k)).double()
     if generator is None or isinstance(generator, torch.Generator):
-        return torch.rand((n, k), generator=generator, dtype=torch.float64)
+        dev = generator.device if generator is not None else None
+        return torch.rand((n, k), generator=generator, device=dev, dtype=torch.float64).cpu()
     if len(generator) != n:
         raise ValueError(f"{len(generator)} generators for {n} samples")
     return torch.stack([torch.rand((k,), generator=g, device=g.device, dtype=torch.float64).cpu()
                         for g in generator])
 
 
-def _gamma(shape: float, gen_u) -> float:
-    """One Gamma(shape, 1) draw by Marsaglia & Tsang (2000) from uniforms `gen_u()` (Box-Muller normals);
-    shape < 1 uses Gamma(shape) = Gamma(shape + 1) * U^(1/shape)."""
-    boost = 1.0
-    if shape < 1.0:
-        boost = float(gen_u()) ** (1.0 / shape)
-        shape += 1.0
-    d = shape - 1.0 / 3.0
-    c = 1.0 / math.sqrt(9.0 * d)
-    while True:
-        u1, u2 = max(float(gen_u()), 1e-300), float(gen_u())
-        z = math.sqrt(-2.0 * math.log(u1)) * math.cos(2 * math.pi * u2)
-        v = (1.0 + c * z) ** 3
-        if v <= 0:
-            continue
-        u = max(float(gen_u()), 1e-300)
-        if math.log(u) < 0.5 * z * z + d - d * v + d * math.log(v):
-            return d * v * boost
+def beta_from_uniform(alpha: float, u: torch.Tensor) -> torch.Tensor:
+    """Beta(alpha, alpha) draws by inversion: the regularised incomplete beta function's inverse at u
+    (exact, one uniform per draw; scipy comes with scikit-learn)."""
+    from scipy.special import betaincinv
+    return torch.from_numpy(betaincinv(alpha, alpha, u.double().numpy())).double()
 
 
 def beta_draws(alpha: float, n: int, generator: GeneratorLike) -> torch.Tensor:
-    """n draws of Beta(alpha, alpha) (float64), from the given generator(s): X/(X+Y) with X, Y ~ Gamma(alpha).
-    alpha = 1 is the uniform distribution (one uniform per sample)."""
-    if alpha == 1.0:
-        return _uniform(n, 1, generator)[:, 0]
-    gens = [generator] * n if generator is None or isinstance(generator, torch.Generator) else list(generator)
-    if len(gens) != n:
-        raise ValueError(f"{len(gens)} generators for {n} samples")
-    out = []
-    for g in gens:
-        draw = lambda g=g: torch.rand((), generator=g, device=g.device if g is not None else None,  # noqa: E731
-                                      dtype=torch.float64)
-        a, b = _gamma(alpha, draw), _gamma(alpha, draw)
-        out.append(a / (a + b))
-    return torch.tensor(out, dtype=torch.float64)
+    """n draws of Beta(alpha, alpha) (float64) from the given generator(s)."""
+    return beta_from_uniform(alpha, _uniform(n, 1, generator)[:, 0])
 
 
 def partners(n: int, device=None) -> torch.Tensor:
@@ -131,8 +115,8 @@ def cutmix_batch(x: torch.Tensor, y: torch.Tensor, num_classes: int, alpha: floa
     """CutMix (Yun et al. 2019) with a box per sample, pasted from the sample's partner; labels mixed in the
     patch's exact area share. With `prob` < 1 each sample is mixed with that probability."""
     n, _, h, w = x.shape
-    u = _uniform(n, 3, generator)                       # centre (2) and the apply coin
-    lam = beta_draws(alpha, n, generator) if alpha > 0 else torch.ones(n, dtype=torch.float64)
+    u = _uniform(n, 4, generator)                       # lambda, centre (2), the apply coin
+    lam = beta_from_uniform(alpha, u[:, 3]) if alpha > 0 else torch.ones(n, dtype=torch.float64)
     lam = torch.where(u[:, 2] < prob, lam, torch.ones_like(lam))
     boxes = cutmix_boxes(lam, u[:, :2], h, w)
     mask = box_masks(boxes, h, w, x.device).to(x.dtype)

@@ -12,15 +12,19 @@ whatever the number of ranks).
 """
 from __future__ import annotations
 
-from typing import Sequence, Union
+from typing import Any, Sequence, Union
 
 import torch
 
-GeneratorLike = Union[None, torch.Generator, Sequence[torch.Generator]]
+from .mixing import is_sample_rng
+
+GeneratorLike = Union[None, torch.Generator, Sequence[torch.Generator], Any]  # or a SampleRNG
 
 
 def gaussian_noise(shape, generator: GeneratorLike = None, device=None) -> torch.Tensor:
-    """Standard normal noise of `shape` (N, ...), fp32, from one generator or one per sample."""
+    """Standard normal noise of `shape` (N, ...), fp32, from one generator, one per sample, or a SampleRNG."""
+    if is_sample_rng(generator):
+        return generator.randn(shape, device=device)
     if generator is None or isinstance(generator, torch.Generator):
         dev = generator.device if generator is not None else device
         return torch.randn(shape, generator=generator, device=dev, dtype=torch.float32).to(device)

@@ -86,6 +86,13 @@ def check_config(cfg) -> None:
             raise ConfigError(f"key 'model.sync_bn': model '{cfg.name}' has no BatchNorm layer to synchronise")
 
 
+def randomized_at_test(cfg) -> bool:
+    """Whether the configured model draws noise in evaluation (its builder's `randomized_at_test(kwargs)`)."""
+    _load_builtin()
+    fn = getattr(MODELS.get(cfg.name), "randomized_at_test", None)
+    return bool(fn(model_kwargs(cfg))) if callable(fn) else False
+
+
 def check_data(cfg, image_size: int, in_channels: int) -> None:
     """Model-vs-data checks when a run starts: channels, and the input side for models with a
     head sized for one resolution (`fixed_image_size`) or a minimum (`min_image_size`)."""
@@ -132,4 +139,4 @@ def available():
 
 
 __all__ = ["create_model", "model_from_state", "register_model", "available", "MODELS", "check_config",
-           "check_data", "describe_model", "model_kwargs"]
+           "check_data", "describe_model", "model_kwargs", "randomized_at_test"]

@@ -130,11 +130,11 @@ class DEQClassifier(ZooModel):
 
     def __init__(self, num_classes=10, in_channels=1, image_size=28, width=64, mean=(0.0,), std=(1.0,),
                  solver: str = "anderson", max_iter: int = 30, tol: float = 1e-4, backward_max_iter: int = 30,
-                 backward_tol: float = 1e-4, downsample=None):
+                 backward_tol: float = 1e-4, downsample=None, head_pool: int = 1):
         super().__init__(in_channels, image_size, mean, std)
         self.stem = conv_stem(in_channels, width, auto_downsample(image_size, downsample))
         self.deq = DEQLayer(ResidualCell(width), solver, max_iter, tol, backward_max_iter, backward_tol)
-        self.head = pool_head(width, num_classes)
+        self.head = pool_head(width, num_classes, head_pool)
 
     @staticmethod
     def check_kwargs(kw: Dict[str, Any]) -> None:

@@ -120,9 +120,10 @@ def conv_stem(in_channels: int, width: int, downsample: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-def pool_head(width: int, num_classes: int) -> nn.Sequential:
-    return nn.Sequential(group_norm(width), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                         nn.Linear(width, num_classes))
+def pool_head(width: int, num_classes: int, pool: int = 1) -> nn.Sequential:
+    """GN-ReLU, average pooling to pool x pool (1 = global, as Chen et al.), linear."""
+    return nn.Sequential(group_norm(width), nn.ReLU(), nn.AdaptiveAvgPool2d(pool), nn.Flatten(),
+                         nn.Linear(width * pool * pool, num_classes))
 
 
 def auto_downsample(image_size: int, downsample) -> int:
@@ -165,11 +166,11 @@ class NODEClassifier(IntegrationMixin, ZooModel):
 
     def __init__(self, num_classes=10, in_channels=1, image_size=28, width=64, mean=(0.0,), std=(1.0,),
                  solver: str = "rk4", steps: int = 4, t1: float = 1.0, rtol: float = 1e-3, atol: float = 1e-4,
-                 adjoint: bool = False, downsample=None):
+                 adjoint: bool = False, downsample=None, head_pool: int = 1):
         super().__init__(in_channels, image_size, mean, std)
         self.stem = conv_stem(in_channels, width, auto_downsample(image_size, downsample))
         self.block = ODEBlock(ConvODEFunc(width), t1, solver, steps, rtol, atol, adjoint)
-        self.head = pool_head(width, num_classes)
+        self.head = pool_head(width, num_classes, head_pool)
 
     check_kwargs = staticmethod(check_solver)
 

@@ -12,10 +12,13 @@ decay (the paper: decay would drive it to 0); modules list it in `no_weight_deca
 `scaletrain.engine.optim.param_groups` reads. Robustness of such a model must be measured with
 expectation-over-transformation gradients (eval.eot_samples, Athalye et al. 2018).
 
-Randomness: each PNI layer draws from a generator seeded by (a per-model seed buffer, the
-layer's index, a per-layer call counter buffer). Both are persistent buffers: saved in
-checkpoints (resume is exact) and identical on every rank; since every rank runs the same
-number of forward passes per step, the noise of a step is the same on 1 and N ranks.
+Randomness: each PNI layer draws from a generator seeded by (a per-model seed, the layer's
+index, a step key, a per-layer call counter), all persistent buffers: saved in checkpoints
+(resume is exact) and identical on every rank. The `pni` method add-on (methods/noise.py) sets
+the step key to the optimizer step and resets the counters before every micro-batch, so the k-th
+forward of a micro-batch (attack iterations, then the training forward) draws the same weight
+noise on every rank and for every accumulated micro-batch: the same noise on 1 and N ranks.
+Without it the counters simply keep counting (valid noise, not rank-independent).
 """
 from __future__ import annotations
 
@@ -44,12 +47,13 @@ class _PNI:
         self.pni_alpha = nn.Parameter(torch.full(shape, float(init)))
         self.register_buffer("pni_calls", torch.zeros((), dtype=torch.int64))
         self.register_buffer("pni_seed", torch.zeros((), dtype=torch.int64))
+        self.register_buffer("pni_step", torch.zeros((), dtype=torch.int64))
         self.pni_enabled = True
 
     def noise(self) -> torch.Tensor:
         """eta / std(W): a standard normal draw of W's shape from this layer's keyed generator."""
         gen = torch.Generator(device=self.weight.device)
-        gen.manual_seed(_seed(int(self.pni_seed), self.pni_index, int(self.pni_calls)))
+        gen.manual_seed(_seed(int(self.pni_seed), self.pni_index, int(self.pni_step), int(self.pni_calls)))
         with torch.no_grad():
             self.pni_calls += 1
         return torch.randn(self.weight.shape, generator=gen, device=self.weight.device, dtype=torch.float32)
@@ -102,6 +106,16 @@ def apply_pni(model: nn.Module, mode: str = "layer", init: float = 0.25, seed: O
 
 def pni_layers(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, _PNI)]
+
+
+def key_pni(model: nn.Module, step: int) -> int:
+    """Key the noise of every PNI layer to `step` and restart the call counters; returns the layer count."""
+    layers = pni_layers(model)
+    with torch.no_grad():
+        for m in layers:
+            m.pni_step.fill_(int(step))
+            m.pni_calls.zero_()
+    return len(layers)
 
 
 def set_pni(model: nn.Module, enabled: bool) -> None:

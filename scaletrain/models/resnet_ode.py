@@ -59,7 +59,7 @@ class ResNetODE(ZooModel):
 
     def __init__(self, num_classes=10, in_channels=1, image_size=28, width=32, mean=(0.0,), std=(1.0,),
                  depth: int = 8, step_size=None, t1: float = 1.0, antisymmetric: bool = False,
-                 gamma: float = 0.1, shared_weights: bool = False, downsample=None):
+                 gamma: float = 0.1, shared_weights: bool = False, downsample=None, head_pool: int = 1):
         super().__init__(in_channels, image_size, mean, std)
         self.stem = conv_stem(in_channels, width, auto_downsample(image_size, downsample))
         make = (lambda: AntisymmetricConv(width, gamma)) if antisymmetric else (lambda: PlainResidualFn(width))
@@ -67,7 +67,7 @@ class ResNetODE(ZooModel):
         self.fns = nn.ModuleList([make()] if self.shared else [make() for _ in range(depth)])
         self.depth, self.t1 = int(depth), float(t1)
         self.step_size = float(step_size) if step_size is not None else self.t1 / self.depth
-        self.head = pool_head(width, num_classes)
+        self.head = pool_head(width, num_classes, head_pool)
 
     @staticmethod
     def check_kwargs(kw: Dict[str, Any]) -> None:

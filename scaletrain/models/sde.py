@@ -75,11 +75,12 @@ class SDEClassifier(ZooModel):
 
     def __init__(self, num_classes=10, in_channels=1, image_size=28, width=64, mean=(0.0,), std=(1.0,),
                  sigma: float = 0.1, diffusion: str = "additive", steps: int = 4, t1: float = 1.0,
-                 test_noise: bool = False, test_samples: int = 1, noise_seed: int = 0, downsample=None):
+                 test_noise: bool = False, test_samples: int = 1, noise_seed: int = 0, downsample=None,
+                 head_pool: int = 1):
         super().__init__(in_channels, image_size, mean, std)
         self.stem = conv_stem(in_channels, width, auto_downsample(image_size, downsample))
         self.block = SDEBlock(ConvODEFunc(width), sigma, diffusion, t1, steps, noise_seed)
-        self.head = pool_head(width, num_classes)
+        self.head = pool_head(width, num_classes, head_pool)
         self.test_noise, self.test_samples = bool(test_noise), int(test_samples)
         self.randomized = self.test_noise
 
@@ -93,6 +94,10 @@ class SDEClassifier(ZooModel):
         for key in ("steps", "test_samples", "t1"):
             if key in kw and not kw[key] > 0:
                 raise ConfigError(f"key 'model.kwargs.{key}': must be > 0, got {kw[key]}")
+
+    @staticmethod
+    def randomized_at_test(kw: Dict[str, Any]) -> bool:
+        return bool(kw.get("test_noise", False)) and float(kw.get("sigma", 0.1)) > 0
 
     def integration(self) -> Dict[str, Any]:
         return {"solver": "euler_maruyama", "steps": self.block.steps, "t1": self.block.t1, "sigma": self.block.sigma}

@@ -6,6 +6,12 @@ offline — no account and no network needed; `wandb sync runs/<name>/wandb/...`
 uploads an offline run later. A WANDB_MODE set in the environment wins.
 `tracking.wandb=false` turns W&B off; local files are always written.
 
+The tracker never ends a run: when online logging is asked for but the W&B server cannot
+be reached (a compute node without internet, an outage), it prints one warning line, logs
+offline instead and says how to upload later (`wandb sync`). A run folder keeps its W&B
+run id in `wandb_run_id.txt`, so a resumed run (`resume=auto`, or a sweep trial restarted
+after its driver was killed) continues the same W&B run instead of starting a new one.
+
 Only rank 0 tracks. Offline runs may not write `wandb-summary.json`, so the
 record of a run is its `run-<id>.wandb` file; `read_offline_history` parses it
 with the SDK's datastore reader (used by the tests).
@@ -16,7 +22,9 @@ import glob
 import json
 import netrc
 import os
+import socket
 import struct
+import sys
 from typing import Any, Dict, Iterable, List, Optional
 from urllib.parse import urlparse
 
@@ -42,6 +50,24 @@ def resolve_mode(mode: str) -> str:
     return mode
 
 
+ID_FILE = "wandb_run_id.txt"
+PROBE_TIMEOUT_S = 5.0
+
+
+def server_reachable(timeout: float = PROBE_TIMEOUT_S) -> Optional[str]:
+    """None if the W&B server (WANDB_BASE_URL, default api.wandb.ai) accepts a TCP connection
+    within `timeout` seconds, else the reason. A plain TCP connect: W&B's own client retries
+    for minutes before it gives up (the failure this check avoids)."""
+    url = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai"))
+    host = url.hostname or "api.wandb.ai"
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except OSError as e:
+        return f"{host}:{port}: {e.strerror or type(e).__name__}"
+
+
 class Tracker:
     """Logs metrics and the robustness report to W&B (rank 0 only)."""
 
@@ -58,12 +84,34 @@ class Tracker:
         os.environ.setdefault("WANDB_SILENT", "true")
         import wandb
         self._wandb = wandb
-        self.run = wandb.init(
-            project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
-            name=name, config=config, dir=run_dir, mode=self.mode, job_type=job_type,
-            id=resume_id, resume="allow" if resume_id else None,
-            settings=wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True),
-        )
+        id_file = os.path.join(run_dir, ID_FILE)
+        if resume_id is None and os.path.exists(id_file):
+            with open(id_file) as f:
+                resume_id = f.read().strip() or None
+        kw = dict(project=cfg.project, entity=cfg.entity, group=cfg.group, tags=list(cfg.tags) or None,
+                  name=name, config=config, dir=run_dir, job_type=job_type,
+                  id=resume_id, resume="allow" if resume_id else None)
+        if self.mode == "online":
+            reason = server_reachable()
+            if reason is None:
+                try:
+                    self.run = wandb.init(mode="online", settings=self._settings(init_timeout=60), **kw)
+                except Exception as e:  # noqa: BLE001 - any failure of the server must not end the run
+                    reason = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+            if self.run is None:
+                self.mode = "offline"
+                print(f"scaletrain: warning: W&B server unreachable ({reason}); logging offline to "
+                      f"{os.path.join(run_dir, 'wandb')} - upload later with: wandb sync "
+                      f"{os.path.join(run_dir, 'wandb', 'offline-run-*')}", file=sys.stderr, flush=True)
+        if self.run is None:
+            self.run = wandb.init(mode=self.mode, settings=self._settings(), **kw)
+        os.makedirs(run_dir, exist_ok=True)
+        with open(id_file + ".tmp", "w") as f:
+            f.write(self.run.id)
+        os.replace(id_file + ".tmp", id_file)
+
+    def _settings(self, **extra):
+        return self._wandb.Settings(console="off", x_disable_stats=True, x_disable_meta=True, **extra)
 
     @property
     def run_id(self) -> Optional[str]:
@@ -73,6 +121,12 @@ class Tracker:
         if self.run is None:
             return
         self.run.log(metrics, step=step)
+
+    def log_image(self, key: str, path: str, step: Optional[int] = None) -> None:
+        """A PNG written by the run (e.g. Hebbian filters) as a W&B image."""
+        if self.run is None:
+            return
+        self.run.log({key: self._wandb.Image(path)}, step=step)
 
     def alert(self, title: str, text: str, step: Optional[int] = None,
               metrics: Optional[Dict[str, float]] = None) -> None:

@@ -81,6 +81,24 @@ def PGDATMethod(eps=0.2, steps=3):
     return shipped_method("method.name=pgd_at", f"method.attack.eps={eps}", f"method.attack.steps={steps}")
 
 
+def force_collapse_at(*steps):
+    """Forced catastrophic overfitting for the fast_at guard: the guard's probe runs for real, then
+    at the given optimizer steps its counts are replaced by a collapse (PGD accuracy 0 while FGSM
+    accuracy 1). Returns a function that undoes the patch."""
+    from scaletrain.methods.fast import FastAT
+    real = FastAT._probe
+
+    left = set(steps)  # each forced once (a rollback re-runs the step with a real probe)
+
+    def probe(self, x, y, ctx):
+        real(self, x, y, ctx)
+        if ctx.step in left:
+            left.discard(ctx.step)
+            self._counts = [0, self._counts[2], self._counts[2]]
+    FastAT._probe = probe
+    return lambda: setattr(FastAT, "_probe", real)
+
+
 def make_cfg(tmp, *overrides):
     base = ["data.batch_size=16", "train.epochs=1", "train.log_every=1", "train.progress=false",
             "optim.name=sgd", "optim.lr=0.05", "optim.schedule=constant", "model.width=8",

@@ -157,3 +157,26 @@ def test_bad_method_config_is_rejected_at_load_naming_the_key(overrides, key):
 def test_default_method_is_still_pgd_at():
     m = create_method(load_config(None, []).method)
     assert m.name == "pgd_at" and m.events == (Event.LOSS,) and m.replays == 1
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["method.name=free_at"], "'method.attack.steps'"),                          # Free AT + multi-step attack
+    (["method.name=free_at", "method.attack.steps=1", "method.attack.name=fgsm", "engine.grad_accum=2"],
+     "'engine.grad_accum'"),
+    (["method.name=trades", "method.beta=0"], "'method.beta'"),
+    (["method.name=mart", "method.beta=500"], "'method.beta'"),
+    (["method.name=pgd_at", "method.beta=6"], "'method.beta'"),
+    (["method.name=fast_at"], "'method.attack.name'"),
+    (["method.name=fast_at", "method.attack.name=fgsm_rs", "method.guard.every=5",
+      "method.guard.response=restart"], "'method.guard.response'"),
+    (["method.name=fast_at", "method.attack.name=fgsm_rs", "method.guard.every=5",
+      "method.guard.response=rollback"], "'train.ckpt_every'"),
+    (["method.name=pgd_at", "method.guard.every=5"], "'method.guard.every'"),
+    (["method.name=tradse"], "'method.name'"),
+])
+def test_cli_exits_2_naming_the_key(args, needle, capsys):
+    from scaletrain.cli import main
+    rc = main(["train", *args, "--print-config"])
+    err = capsys.readouterr().err
+    assert rc == 2 and needle in err and "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1

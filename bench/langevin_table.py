@@ -1,0 +1,143 @@
+"""Langevin / constrained / Hebbian vs SGD: 5-seed ensembles, clean and PGD accuracy, robustness score.
+
+    python bench/langevin_table.py                         # digits (configs/digits_<variant>.yaml)
+    python bench/langevin_table.py --mnist                 # MNIST (configs/mnist_<variant>.yaml)
+    python bench/langevin_table.py --seeds 0 1 --only sgd baoab --epochs 2   # a quick look
+    python bench/langevin_table.py --write-docs            # replace the table in docs/methods.md
+
+Every run is the shipped CLI (`scaletrain train CONFIG seed=S ...`, DeepSpeed engine) followed
+by its robustness report (PGD-20 at the two epsilons below). Seeds run in the outer loop and
+variants in the inner one, so a shared machine's load spreads over all variants alike.
+Mean +/- sample std over seeds; time = mean wall-clock seconds of one run (training + evaluation).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+VARIANTS = ["sgd", "sgld", "baoab", "circle", "orthogonal", "hebbian"]
+START, END = "<!-- langevin-table:start -->", "<!-- langevin-table:end -->"
+
+
+def run_one(config, seed, name, out_dir, extra, reuse=True):
+    """One CLI run; a finished run (report + wall time saved) with the same command is reused."""
+    done = os.path.join(out_dir, name, "bench_run.json")
+    cmd = [sys.executable, "-m", "scaletrain.cli", "train", config, f"seed={seed}", f"name={name}",
+           f"out_dir={out_dir}", "tracking.wandb=false", "train.progress=false", *extra]
+    if reuse and os.path.exists(done):
+        with open(done) as f:
+            saved = json.load(f)
+        if saved["cmd"] == cmd[1:]:
+            return saved["report"], saved["wall"]
+    if os.path.exists(os.path.join(out_dir, name)):
+        import shutil
+        shutil.rmtree(os.path.join(out_dir, name))
+    t0 = time.time()
+    r = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    wall = time.time() - t0
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{r.stdout[-2000:]}\n{r.stderr[-3000:]}")
+    with open(os.path.join(out_dir, name, "report.json")) as f:
+        rep = json.load(f)
+    with open(done, "w") as f:
+        json.dump({"cmd": cmd[1:], "report": rep, "wall": wall}, f)
+    return rep, wall
+
+
+def metrics(rep, eps):
+    pgd = rep["attacks"]["pgd"]
+    acc = {round(e, 6): a for e, a in zip(pgd["eps"], pgd["acc"])}
+    out = {"clean": rep["clean_acc"], "score": rep["robustness_score"]}
+    for e in eps:
+        out[f"pgd@{e:g}"] = acc[round(e, 6)]
+    opt = rep.get("optimizer", {})
+    if "max_constraint_violation" in opt:
+        out["violation"] = opt["max_constraint_violation"]
+    heb = rep.get("hebbian", {})
+    if "unconverged_fraction" in heb:
+        out["unconverged"] = heb["unconverged_fraction"]
+    return out
+
+
+def fmt(values, pct=True):
+    m = statistics.mean(values)
+    s = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{100 * m:.1f} ± {100 * s:.1f}" if pct else f"{m:.3f} ± {s:.3f}"
+
+
+def table(results, eps, seeds):
+    head = ["variant", "clean acc %"] + [f"PGD-20 ε={e:g} %" for e in eps] + ["robustness score", "s / run"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for v, runs in results.items():
+        ms = [m for m, _ in runs]
+        row = [v, fmt([m["clean"] for m in ms])] + [fmt([m[f"pgd@{e:g}"] for m in ms]) for e in eps]
+        row += [fmt([m["score"] for m in ms], pct=False), f"{statistics.mean(w for _, w in runs):.0f}"]
+        lines.append("| " + " | ".join(row) + " |")
+    notes = []
+    for v, runs in results.items():
+        ms = [m for m, _ in runs]
+        if any("violation" in m for m in ms):
+            notes.append(f"{v}: largest constraint violation {max(m.get('violation', 0) for m in ms):.1e}")
+        if any("unconverged" in m for m in ms):
+            notes.append(f"{v}: unconverged first-layer filters {fmt([m['unconverged'] for m in ms])} %")
+    return "\n".join(lines), notes
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--mnist", action="store_true", help="MNIST configs (configs/mnist_<variant>.yaml)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
+    ap.add_argument("--only", nargs="+", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
+    ap.add_argument("--eps", type=float, nargs=2, default=None, help="the two PGD epsilons (default 0.1 0.2; "
+                    "MNIST 0.1 0.3)")
+    ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "langevin"))
+    ap.add_argument("--write-docs", action="store_true")
+    ap.add_argument("--fresh", action="store_true", help="rerun runs already finished in --out")
+    args = ap.parse_args()
+    prefix = "mnist" if args.mnist else "digits"
+    eps = args.eps or ([0.1, 0.3] if args.mnist else [0.1, 0.2])
+    extra = ["eval.attacks=[pgd]", f"eval.eps=[0.0,{eps[0]},{eps[1]}]", "eval.pgd_steps=20"]
+    if args.epochs is not None:
+        extra.append(f"train.epochs={args.epochs}")
+    load0 = os.getloadavg()
+    t0 = time.time()
+    results = {v: [] for v in args.only}
+    for seed in args.seeds:
+        for v in args.only:
+            cfg = os.path.join("configs", f"{prefix}_{v}.yaml")
+            rep, wall = run_one(cfg, seed, f"{prefix}-{v}-s{seed}", args.out, extra, not args.fresh)
+            results[v].append((metrics(rep, eps), wall))
+            m = results[v][-1][0]
+            print(f"seed {seed} {v:<11} clean {m['clean']:.3f} " +
+                  " ".join(f"pgd@{e:g} {m[f'pgd@{e:g}']:.3f}" for e in eps) +
+                  f" score {m['score']:.3f}  {wall:.0f}s", flush=True)
+    total = time.time() - t0
+    tab, notes = table(results, eps, args.seeds)
+    load1 = os.getloadavg()
+    header = (f"{prefix}, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
+              f"`python bench/langevin_table.py{' --mnist' if args.mnist else ''}"
+              f"{f' --epochs {args.epochs}' if args.epochs else ''}`: {total / 60:.1f} min in all "
+              f"on a shared 2-core CPU (load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
+              f"timings are noisy), {time.strftime('%Y-%m-%d', time.gmtime())}.")
+    text = header + "\n\n" + tab + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
+    print("\n" + text)
+    os.makedirs(args.out, exist_ok=True)
+    with open(os.path.join(args.out, f"{prefix}_table.md"), "w") as f:
+        f.write(text + "\n")
+    if args.write_docs:
+        path = os.path.join(ROOT, "docs", "methods.md")
+        doc = open(path).read()
+        a, b = doc.index(START) + len(START), doc.index(END)
+        with open(path, "w") as f:
+            f.write(doc[:a] + "\n" + text + "\n" + doc[b:])
+
+
+if __name__ == "__main__":
+    main()
