@@ -22,7 +22,7 @@ from typing import Dict, List, Optional, Sequence
 
 from ..errors import UserError
 
-EXCLUDES = [".git", ".venv", "runs", "data", "wandb", "bench/out", "*.tar", "__pycache__", ".pytest_cache",
+EXCLUDES = [".git", ".venv", "runs", "sweeps", "data", "wandb", "bench/out", "*.tar", "__pycache__", ".pytest_cache",
             "*.egg-info", ".ray"]
 FORWARD_PREFIXES = ("WANDB_", "SCALETRAIN_")
 

@@ -106,7 +106,7 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
     # a reused actor waits for the thread too (TUNE_FUNCTION_THREAD_TIMEOUT_S, read per reset).
     os.environ["TUNE_FUNCTION_THREAD_TIMEOUT_S"] = "120"
     finished = threading.Event()
-    threading.Thread(target=finished.wait, args=(300,), name="scaletrain-trial-guard", daemon=False).start()
+    threading.Thread(target=finished.wait, args=(60,), name="scaletrain-trial-guard", daemon=False).start()
     t0 = time.time()
     try:
         with use_hooks(FiniteLossGuard(), Last()):
@@ -290,10 +290,34 @@ def execute(spec: SweepSpec) -> Dict[str, Any]:
                              "run_dir": os.path.join(spec.folder, "trials", t.id), "status": status,
                              "error": info["error"], "metrics": {k: v for k, v in info["metrics"].items()
                                                                  if isinstance(v, (int, float))}})
+        _close_cut_runs(spec, pending)
     records = [read_record(spec.folder, t.id) or {"id": t.id, "params": t.params, "status": "missing"}
                for t in trials]
     ensembles = evaluate_ensembles(spec, trials, records) if spec.sweep.ensemble.size > 1 else []
     return write_results(spec, records, ensembles)
+
+
+def _close_cut_runs(spec: SweepSpec, ran: List[Trial]) -> None:
+    """Tune ends the process of a trial it stops, which can cut the trial's W&B run before
+    W&B wrote it out. The driver reopens each stopped or failed trial's run (same id, from
+    `wandb_run_id.txt`), records the status and last metrics in its summary, and closes it."""
+    from ..track import Tracker
+    for t in ran:
+        rec = read_record(spec.folder, t.id)
+        cfg = config_from_dict(t.cfg)
+        run_dir = os.path.join(spec.folder, "trials", t.id)
+        if not rec or rec["status"] == "ok" or not cfg.tracking.wandb or \
+                not os.path.exists(os.path.join(run_dir, "wandb_run_id.txt")):
+            continue
+        tr = Tracker(cfg.tracking, run_dir, to_dict(cfg), name=t.id, job_type=cfg.tracking.job_type)
+        if tr.run is not None:
+            tr.run.summary["trial/status"] = rec["status"]
+            if rec.get("error"):
+                tr.run.summary["trial/error"] = rec["error"]
+            for k, v in (rec.get("metrics") or {}).items():
+                if isinstance(v, (int, float)) and math.isfinite(v):
+                    tr.run.summary[f"trial/{k}"] = v
+        tr.finish()
 
 
 def run_sweep(path: str, argv=()) -> Dict[str, Any]:

@@ -15,10 +15,11 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "engine"))
 from engine_launch import run_ranks  # noqa: E402
 
 # the cases of noise_mixing_worker.py (not imported here: it registers test-only methods)
-CASES = ["noise", "cutmix", "mixup", "cutout", "pni", "dropblock", "vib", "penalty", "huber", "pgd_cutmix_penalty"]
+CASES = ["noise", "cutmix", "mixup", "cutout", "pni", "dropblock", "vib", "penalty", "huber", "pgd_cutmix_penalty",
+         "trades_cutmix"]
 STEPS = 3
 
-EQUAL = ["noise", "cutmix", "mixup", "cutout", "pni", "penalty", "huber", "pgd_cutmix_penalty"]
+EQUAL = ["noise", "cutmix", "mixup", "cutout", "pni", "penalty", "huber", "pgd_cutmix_penalty", "trades_cutmix"]
 GLOBAL_RNG = ["dropblock", "vib"]      # model-internal noise from the global RNG: trains, not rank-keyed
 TOL = 1e-5
 

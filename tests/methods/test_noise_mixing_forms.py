@@ -216,3 +216,12 @@ def test_eot_averages_the_gradient_over_forwards():
     assert not torch.allclose(grads[0], grads[1])                     # the draws differ
     with pytest.raises(Exception, match="eot"):
         create_attack("pgd", eps=0.1, eot=0)
+
+
+def test_the_evaluation_suite_passes_eot_to_its_attacks():
+    from scaletrain.config import load_config
+    from scaletrain.evaluate.suite import build_eval_attack
+    cfg = load_config(None, ["eval.eot_samples=3"]).eval
+    assert build_eval_attack("pgd", 0.1, cfg).eot_samples == 3
+    assert build_eval_attack("pgd:eot=2", 0.1, cfg).eot_samples == 2      # the spec's own option wins
+    assert build_eval_attack("fgsm", 0.1, cfg).eot_samples == 3

@@ -69,10 +69,10 @@ def _run_records(folder):
 
 
 def _wait_runs(folder, n, timeout=20):
-    """W&B's service may still be writing the last run's file (a few seconds with images)."""
+    """W&B's service may still be writing the last run's file (the summary, with images)."""
     deadline = time.time() + timeout
     runs = _run_records(folder)
-    while len(runs) < n and time.time() < deadline:
+    while (len(runs) < n or "summary" not in [r[1] for r in runs]) and time.time() < deadline:
         time.sleep(0.5)
         runs = _run_records(folder)
     return runs
@@ -140,7 +140,8 @@ def test_grid_with_asha_results_plots_and_wandb_group(ray_local, tmp_path, data_
         assert os.path.getsize(os.path.join(folder, "plots", p)) > 1000
     # W&B: one offline run per trial, all in the sweep's group, plus the summary run
     runs = _wait_runs(folder, 5)
-    trial_runs = sorted(r[2] for r in runs if r[1] == "trial")
+    # (a stopped trial's run is closed by the driver under the same id: possibly a second file)
+    trial_runs = sorted({r[2] for r in runs if r[1] == "trial"})
     assert trial_runs == ["t000", "t001", "t002", "t003"] and {r[0] for r in runs} == {"grid"}
     assert [r[1] for r in runs].count("summary") == 1
     hist = read_offline_history([r[3] for r in runs if r[2] == ok[0]["id"]][0])
@@ -233,3 +234,17 @@ def test_two_worker_trial_fits_a_torchtrainer_inside_tune(ray_local, tmp_path, d
     with open(progress[0]) as fh:
         seen = [r for r in csv.DictReader(fh) if r.get("val_acc")]
     assert [int(float(r["epochs_done"])) for r in seen] == [1, 2]
+
+
+def test_concurrent_runs_with_one_name_claim_distinct_folders(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scaletrain.config import load_config
+    from scaletrain.runs import resolve_run_dir
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "report.json").write_text("{}")          # a finished run already holds 'x'
+    cfg = load_config(None, [f"out_dir={tmp_path}", "name=x"])
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(lambda _: resolve_run_dir(cfg), range(16)))
+    assert len(set(got)) == 16 and tmp_path / "x" not in got
+    assert sorted(p.name for p in got) == sorted(f"x-{i}" for i in range(2, 18))
