@@ -22,7 +22,9 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ["sgd", "sgld", "baoab", "circle", "orthogonal", "hebbian"]
-START, END = "<!-- langevin-table:start -->", "<!-- langevin-table:end -->"
+# ablations: (config variant, overrides); T = 0 isolates the noise from the integrator's dynamics
+ABLATIONS = {"sgld_T0": ("sgld", ["optim.langevin.temperature=0"]),
+             "baoab_T0": ("baoab", ["optim.langevin.temperature=0"])}
 
 
 def run_one(config, seed, name, out_dir, extra, reuse=True):
@@ -93,7 +95,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", action="store_true", help="MNIST configs (configs/mnist_<variant>.yaml)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
-    ap.add_argument("--only", nargs="+", default=VARIANTS, choices=VARIANTS)
+    ap.add_argument("--only", nargs="+", default=VARIANTS, choices=VARIANTS + list(ABLATIONS))
+    ap.add_argument("--marker", default="langevin-table", help="docs/methods.md section <!-- MARKER:start/end -->")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
     ap.add_argument("--eps", type=float, nargs=2, default=None, help="the two PGD epsilons (default 0.1 0.2; "
                     "MNIST 0.1 0.3)")
@@ -111,8 +114,9 @@ def main():
     results = {v: [] for v in args.only}
     for seed in args.seeds:
         for v in args.only:
-            cfg = os.path.join("configs", f"{prefix}_{v}.yaml")
-            rep, wall = run_one(cfg, seed, f"{prefix}-{v}-s{seed}", args.out, extra, not args.fresh)
+            base, more = ABLATIONS.get(v, (v, []))
+            cfg = os.path.join("configs", f"{prefix}_{base}.yaml")
+            rep, wall = run_one(cfg, seed, f"{prefix}-{v}-s{seed}", args.out, extra + more, not args.fresh)
             results[v].append((metrics(rep, eps), wall))
             m = results[v][-1][0]
             print(f"seed {seed} {v:<11} clean {m['clean']:.3f} " +
@@ -121,9 +125,8 @@ def main():
     total = time.time() - t0
     tab, notes = table(results, eps, args.seeds)
     load1 = os.getloadavg()
-    header = (f"{prefix}, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), "
-              f"`python bench/langevin_table.py{' --mnist' if args.mnist else ''}"
-              f"{f' --epochs {args.epochs}' if args.epochs else ''}`: {total / 60:.1f} min in all "
+    cmd = " ".join(["python bench/langevin_table.py"] + sys.argv[1:])
+    header = (f"{prefix}, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), `{cmd}`: {total / 60:.1f} min in all "
               f"on a shared 2-core CPU (load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
               f"timings are noisy), {time.strftime('%Y-%m-%d', time.gmtime())}.")
     text = header + "\n\n" + tab + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
@@ -134,7 +137,8 @@ def main():
     if args.write_docs:
         path = os.path.join(ROOT, "docs", "methods.md")
         doc = open(path).read()
-        a, b = doc.index(START) + len(START), doc.index(END)
+        start, end = f"<!-- {args.marker}:start -->", f"<!-- {args.marker}:end -->"
+        a, b = doc.index(start) + len(start), doc.index(end)
         with open(path, "w") as f:
             f.write(doc[:a] + "\n" + text + "\n" + doc[b:])
 

@@ -32,8 +32,9 @@ import torch
 import torch.distributed as tdist
 
 from ..engine.optim import register_optimizer
-from .base import ConstraintRule, LangevinBase, world_size
+from .base import ConstraintRule, LangevinBase, Piece, world_size
 from .langevin import STREAM_O, schedule_from
+from .schedule import TemperatureSchedule
 
 STREAM_CIRCLE = STREAM_O
 
@@ -42,7 +43,6 @@ class _ConstrainedBAOAB(LangevinBase):
     constrained = True
 
     def __init__(self, params, lr, temperature, friction, weight_decay, seed, schedule, rule: ConstraintRule):
-        from .schedule import TemperatureSchedule
         schedule = schedule or TemperatureSchedule("constant", temperature)
         super().__init__(params, dict(lr=lr, friction=friction, weight_decay=weight_decay), seed, schedule)
         self.rule = rule
@@ -274,7 +274,6 @@ class OrthogonalBAOAB(_ConstrainedBAOAB):
 
 
 def _whole(name, shape):
-    from .base import Piece
     return Piece(name, tuple(shape), 0, 0, math.prod(shape))
 
 

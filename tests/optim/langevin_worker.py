@@ -85,8 +85,6 @@ def main():
                 "temperature": torch.tensor([r.get("temperature", 0.0) for r in rows], dtype=torch.float64),
                 "opt_violation": torch.tensor([r.get("constraint_violation", 0.0) for r in rows], dtype=torch.float64),
                 "violation": torch.tensor(probe.worst, dtype=torch.float64), "steps": res["global_step"]}
-            cleanup_engine = getattr(engine, "ds", None)
-            del engine, cleanup_engine
     torch.save(results, f"{out}.rank{dist.rank}.pt")
     cleanup()
 
