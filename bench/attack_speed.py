@@ -4,6 +4,8 @@
     python bench/attack_speed.py --agreement           # + agreement table (all test digits)
     python bench/attack_speed.py --agreement --update-docs   # rewrite our two sections of docs/benchmarks.md
     python bench/attack_speed.py --device cuda --batch 4096  # on a GPU
+    python bench/attack_speed.py --eval-cost --run bench/out/mnist/fast_at --batch 500 --threads 1
+        # the evaluation suite's PGD-50 x 10 column vs torchattacks, and a curve vs its largest column
 
 Same trained model (the default digits CNN, trained here in seconds), same batch, same
 hyper-parameters. Each measurement is the median of ``--repeats`` runs, ours and theirs
@@ -26,6 +28,7 @@ from scaletrain.attacks import create_attack  # noqa: E402
 from scaletrain.evaluate.toy import digits_split, trained_digits_model  # noqa: E402
 
 SPEED_HEADING = "## Attack speed"
+COST_HEADING = "## Evaluation cost (PGD-50 x 10 column, curve vs column)"
 AGREE_HEADING = "## Attack agreement with torchattacks"
 
 
@@ -71,6 +74,97 @@ def speed(model, x, y, device, repeats, eps=0.1, steps=10):
         rows.append({"attack": name, "ours": so, "theirs": st, "ratio": statistics.median(ratios),
                      "ratio_lo": ratios[0], "ratio_hi": ratios[-1]})
     return rows
+
+
+def _timed(fn, device):
+    _sync(device)
+    t = time.perf_counter()
+    out = fn()
+    _sync(device)
+    return time.perf_counter() - t, out
+
+
+def eval_cost(model, x, y, device, repeats, eps=0.3, alpha=0.01, steps=50, restarts=10, grid=(0.1, 0.2, 0.3)):
+    """Paired timings of (1) `evaluate_model`'s PGD-`steps` x `restarts` column at `eps` (the path of
+    `scaletrain eval`) against torchattacks on the same model and batch: `MultiAttack` of `restarts`
+    PGDs (torchattacks' own survivors-only restarts) and a plain loop of `restarts` full-batch PGDs;
+    (2) a curve over `grid` against its largest-epsilon column, nested (default) and independent."""
+    import torchattacks as ta
+    from scaletrain.config.schema import EvalConfig
+    from scaletrain.evaluate import evaluate_model
+
+    threads = torch.get_num_threads()
+    data = [(x, y)]
+
+    def suite(eps_list, nested=True):
+        cfg = EvalConfig(attacks=["pgd"], eps=list(eps_list), pgd_steps=steps, pgd_alpha=alpha, restarts=restarts,
+                         batch_size=x.shape[0], nested=nested, cpu_threads=threads)
+        return lambda: evaluate_model(model, data, cfg, device=device, progress=False)
+
+    def ta_multi():
+        atk = ta.MultiAttack([ta.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+                              for _ in range(restarts)])
+        x_adv = atk(x, y)
+        with torch.no_grad():
+            return float((model(x_adv).argmax(1) == y).float().mean())
+
+    def ta_loop():
+        ok = torch.ones_like(y, dtype=torch.bool)
+        atk = ta.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
+        for _ in range(restarts):
+            x_adv = atk(x, y)
+            with torch.no_grad():
+                ok &= model(x_adv).argmax(1) == y
+        return float(ok.float().mean())
+
+    runs = {"ours: column": suite([eps]), "torchattacks MultiAttack": ta_multi, "torchattacks loop": ta_loop,
+            "ours: curve, nested": suite(grid), "ours: curve, independent": suite(grid, nested=False)}
+    times = {k: [] for k in runs}
+    acc, passes = {}, {}
+    seen = []
+    hook = model.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
+    for _ in range(repeats):          # interleaved: each round sees one load for every variant
+        for k, fn in runs.items():
+            seen.clear()
+            t, out = _timed(fn, device)
+            times[k].append(t)
+            passes[k] = sum(seen)      # samples through the model (forward; most with a backward)
+            acc[k] = out["attacks"]["pgd"]["acc"][-1] if isinstance(out, dict) else out
+    hook.remove()
+    base = times["ours: column"]
+    rows = []
+    for k in runs:
+        ratios = sorted(t / b for t, b in zip(times[k], base))
+        rows.append({"variant": k, "seconds": statistics.median(times[k]), "acc": acc[k], "passes": passes[k],
+                     "pass_ratio": passes[k] / passes["ours: column"],
+                     "ratio": statistics.median(ratios), "lo": ratios[0], "hi": ratios[-1]})
+    return rows
+
+
+def cost_table(rows):
+    lines = ["| variant | seconds (median) | robust acc at the largest eps | time / ours-column, median of rounds | "
+             "range | sample-passes through the model | passes / ours-column |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['seconds']:.1f} | {100 * r['acc']:.2f}% | {r['ratio']:.2f} | "
+              f"{r['lo']:.2f}-{r['hi']:.2f} | {r['passes']} | {r['pass_ratio']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
+def run_model_and_batch(run, n, device):
+    """The model of a finished run folder and the first n images of its test split."""
+    from scaletrain.data import eval_loader
+    from scaletrain.models import model_from_state
+    from scaletrain.run import load_run
+    cfg, state, _ = load_run(run)
+    model = model_from_state(cfg.model, state).to(device)
+    xs, ys, have = [], [], 0
+    for xb, yb in eval_loader(cfg.data, "test", batch_size=n):
+        xs.append(xb)
+        ys.append(yb)
+        have += xb.shape[0]
+        if have >= n:
+            break
+    return model, torch.cat(xs)[:n].to(device), torch.cat(ys)[:n].to(device)
 
 
 def speed_table(rows):
@@ -131,9 +225,14 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--agreement", action="store_true", help="also measure agreement with torchattacks")
     p.add_argument("--update-docs", action="store_true", help="write the tables into docs/benchmarks.md")
+    p.add_argument("--eval-cost", action="store_true",
+                   help="only the evaluation-cost table: PGD-50 x 10 column vs torchattacks, curve vs column")
+    p.add_argument("--run", default=None, help="--eval-cost: a finished run folder (its model, its test images)")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.eval_cost:
+        return main_eval_cost(a, argv)
     model = trained_digits_model().to(a.device)     # the default ModelConfig CNN (width 32)
     _, (xt, yt) = digits_split()
     reps = -(-a.batch // xt.shape[0])
@@ -175,6 +274,34 @@ def main(argv=None):
                 "Where both draw the random start from the same seed (PGD, APGD) the two implementations "
                 "perform the same iteration and agree exactly; APGD's checkpoints follow the paper's "
                 "ceil(p_j N) while torchattacks floors them, which can move a sample or two."))
+
+
+def main_eval_cost(a, argv):
+    if a.run:
+        model, x, y = run_model_and_batch(a.run, a.batch, a.device)
+        what = f"the model of `{a.run}` and the first {x.shape[0]} images of its test split"
+    else:
+        model = trained_digits_model().to(a.device)
+        _, (xt, yt) = digits_split()
+        x, y = xt[: a.batch].to(a.device), yt[: a.batch].to(a.device)
+        what = f"the default digits CNN and {x.shape[0]} test digits"
+    model.eval()
+    load0 = os.getloadavg()
+    rows = eval_cost(model, x, y, a.device, a.repeats)
+    load1 = os.getloadavg()
+    table = cost_table(rows)
+    cmd = "python bench/attack_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    desc = machine(a.device)
+    print(f"machine: {desc}\nload average before {load0[0]:.1f}, after {load1[0]:.1f}\n\n{table}\n")
+    if a.update_docs:
+        docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.md")
+        update_section(docs, COST_HEADING, (
+            f"{what}; L-inf eps 0.3, PGD-50 step 0.01, 10 restarts (the MNIST reproduction's evaluation); "
+            f"curve = eps 0.1, 0.2, 0.3. Rounds interleave every variant ({a.repeats} rounds); each ratio "
+            "is a variant's time over the suite's column in the same round.\n\n"
+            f"- machine: {desc}; 1-minute load average {load0[0]:.1f} before, {load1[0]:.1f} after "
+            "(a shared machine: other jobs ran)\n"
+            f"- command: `{cmd.strip()}`\n\n{table}\n"))
 
 
 if __name__ == "__main__":

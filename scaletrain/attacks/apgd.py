@@ -22,6 +22,7 @@ import math
 
 import torch
 
+from .gradient import subset_rng
 from .base import Attack, dlr_targeted_loss, normalize_grad, project
 from ..errors import ConfigError
 from ..rng import rand as _rand, randn as _randn
@@ -104,13 +105,14 @@ class APGD(Attack):
         with torch.no_grad():
             done = self.fooled(self.forward(model, x), y)
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
-        for _ in range(self.restarts):
+        for r in range(self.restarts):
             idx = (~done).nonzero().squeeze(1)
             if idx.numel() == 0:
                 break
             xi, yi = x[idx], y[idx]
             adv, fooled, lb = self.run_single(model, xi, self._objective_fn(yi),
-                                              lambda lg, yi=yi: self.fooled(lg, yi), generator)
+                                              lambda lg, yi=yi: self.fooled(lg, yi),
+                                              subset_rng(generator, idx, "restart", r))
             take = fooled | (lb > best_loss[idx])
             out[idx[take]] = adv[take]
             best_loss[idx[take]] = torch.maximum(best_loss[idx[take]], lb[take])
@@ -154,7 +156,7 @@ class APGDT(APGD):
         n_t = min(self.n_target_classes, clean_logits.shape[1] - 1)
         best_loss = torch.full((x.shape[0],), float("-inf"), device=x.device)
         for t in range(1, n_t + 1):
-            for _ in range(self.restarts):
+            for r in range(self.restarts):
                 idx = (~done).nonzero().squeeze(1)
                 if idx.numel() == 0:
                     return out
@@ -162,7 +164,8 @@ class APGDT(APGD):
                 # the t-th most likely class at the clean input (never y, once y is the top class)
                 ti = order[idx, t]
                 obj = lambda lg, yi=yi, ti=ti: dlr_targeted_loss(lg, yi, ti)  # noqa: E731
-                adv, fooled, lb = self.run_single(model, xi, obj, lambda lg, yi=yi: lg.argmax(1) != yi, generator)
+                adv, fooled, lb = self.run_single(model, xi, obj, lambda lg, yi=yi: lg.argmax(1) != yi,
+                                                  subset_rng(generator, idx, "target", t, r))
                 take = fooled | (lb > best_loss[idx])
                 out[idx[take]] = adv[take]
                 best_loss[idx[take]] = torch.maximum(best_loss[idx[take]], lb[take])

@@ -17,6 +17,7 @@ from typing import Optional
 
 import torch
 
+from ..rng import rand as _rand
 from .base import (Attack, default_alpha, normalize_grad, project, random_start as _random_start,
                    step_sizes)
 from ..errors import ConfigError
@@ -32,11 +33,24 @@ class _BestTracker:
         self.loss = torch.full((n,), float("-inf"), device=x.device)
         self.fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
-    def update(self, x_adv, loss, fooled):
-        take = ~self.fooled & (fooled | (loss > self.loss))
-        self.x[take] = x_adv[take]
-        self.loss[take] = loss[take]
-        self.fooled |= fooled
+    def update(self, x_adv, loss, fooled, rows=None):
+        """Record iterates ``x_adv`` of the samples ``rows`` (default: all, in order)."""
+        if rows is None:
+            rows = torch.arange(self.x.shape[0], device=self.x.device)
+        take = ~self.fooled[rows] & (fooled | (loss > self.loss[rows]))
+        r = rows[take]
+        self.x[r] = x_adv[take]
+        self.loss[r] = loss[take]
+        self.fooled[rows[fooled]] = True
+
+
+def subset_rng(generator, idx, *key):
+    """The random stream ``key`` (e.g. ("restart", r)) of samples ``idx`` of a batch: a per-sample
+    ``SampleRNG`` (scaletrain.rng) gives each sample its own numbers, whichever other samples are
+    in the subset; a plain ``torch.Generator`` (or None) simply draws for the subset's shape."""
+    if hasattr(generator, "subset"):
+        return generator.fork(*key).subset(torch.as_tensor(idx).cpu())
+    return generator
 
 
 class FGSM(Attack):
@@ -51,14 +65,23 @@ class FGSM(Attack):
 
 
 class FGSMRS(Attack):
+    """``clip_start=False`` (L-inf) takes the gradient at the unclipped start x + delta, which may
+    leave [0, 1], as Wong et al.'s MNIST code does (fast_adversarial, train_mnist.py); the result is
+    projected onto the ball and [0, 1] either way."""
+
     name = "fgsm_rs"
 
-    def __init__(self, *, eps, alpha=None, norm="linf", loss="ce", model_mode="eval", targeted=False):
+    def __init__(self, *, eps, alpha=None, norm="linf", loss="ce", model_mode="eval", targeted=False,
+                 clip_start=True):
         super().__init__(eps=eps, norm=norm, loss=loss, model_mode=model_mode, targeted=targeted)
         self.alpha = 1.25 * self.eps if alpha is None else float(alpha)
+        self.clip_start = bool(clip_start)
 
     def _run(self, model, x, y, generator):
-        x0 = _random_start(x, self.eps, self.norm, generator)
+        if self.clip_start or self.norm != "linf":
+            x0 = _random_start(x, self.eps, self.norm, generator)
+        else:   # the same uniform draw as random_start, without its clip to [0, 1]
+            x0 = x + (2 * _rand(x.shape, generator, device=x.device) - 1) * self.eps
         _, g, _ = self.loss_and_grad(model, x0, y)
         return project(x0 + self.alpha * normalize_grad(g, self.norm), x, self.eps, self.norm)
 
@@ -89,28 +112,54 @@ class PGD(Attack):
         return normalize_grad(g, self.norm)
 
     def _run(self, model, x, y, generator):
-        track = self.track_best or self.restarts > 1
-        best = _BestTracker(x) if track else None
+        if not (self.track_best or self.restarts > 1):
+            return self._walk(model, x, y, generator)
+        # Worst case per sample over restarts (the first point that fools the model, else the point
+        # of highest objective). A fooled sample's answer is final, so it leaves the batch at once:
+        # later steps and restarts run on the survivors only. With a per-sample SampleRNG (the
+        # evaluation suite's) and a model without batch statistics this returns exactly what
+        # iterating every sample through every step and restart would (tests/evaluate/test_shortcuts.py).
+        # An objective given per call (attack(..., objective=f), e.g. TRADES' KL) may read per-sample
+        # clean outputs of the whole batch: then every sample stays in the walk.
+        self._drop = getattr(self, "_custom", None) is None
+        best = _BestTracker(x)
+        for r in range(self.restarts):
+            live = (~best.fooled).nonzero().squeeze(1) if self._drop else \
+                torch.arange(x.shape[0], device=x.device)
+            if live.numel() == 0:
+                break
+            self._walk(model, x[live], y[live], subset_rng(generator, live, "restart", r), best, live)
+        return best.x
+
+    def _walk(self, model, x, y, generator, best=None, rows=None):
+        """One random start and ``steps`` steps; with ``best``, every iterate is recorded in it (as
+        samples ``rows``) and samples drop out of the walk once fooled."""
+        x_adv = _random_start(x, self.eps, self.norm, generator) if self.random_start else x.clone()
         if self.norm == "linf":
             # the L-inf ball intersected with [0, 1] is a box: one clamp per step
             lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
-            step = lambda v: torch.max(torch.min(v, hi), lo)  # noqa: E731
-        else:
-            step = lambda v: project(v, x, self.eps, self.norm)  # noqa: E731
-        for _ in range(self.restarts):
-            x_adv = _random_start(x, self.eps, self.norm, generator) if self.random_start else x.clone()
-            state = {}
-            for a in self.sizes:
-                loss, g, logits = self.loss_and_grad(model, x_adv, y)
-                if track:
-                    best.update(x_adv, loss, self.fooled(logits, y))
-                x_adv = step(x_adv + a * self._direction(g, state))
-            if not track:
-                return x_adv
+        state = {}
+        for a in self.sizes:
+            loss, g, logits = self.loss_and_grad(model, x_adv, y)
+            if best is not None:
+                fooled = self.fooled(logits, y)
+                best.update(x_adv, loss, fooled, rows)
+                if self._drop and fooled.any():
+                    keep = ~fooled
+                    if not keep.any():
+                        return None
+                    x_adv, g, x, y, rows = x_adv[keep], g[keep], x[keep], y[keep], rows[keep]
+                    state = {k: v[keep] for k, v in state.items()}
+                    if self.norm == "linf":
+                        lo, hi = lo[keep], hi[keep]
+            x_adv = x_adv + a * self._direction(g, state)
+            x_adv = torch.max(torch.min(x_adv, hi), lo) if self.norm == "linf" else \
+                project(x_adv, x, self.eps, self.norm)
+        if best is not None:
             with torch.no_grad():
                 logits = self.forward(model, x_adv)
-                best.update(x_adv, self.objective(logits, y), self.fooled(logits, y))
-        return best.x
+                best.update(x_adv, self.objective(logits, y), self.fooled(logits, y), rows)
+        return x_adv
 
 
 class BIM(PGD):

@@ -35,6 +35,7 @@ class DataConfig:
     test_urls: Optional[str] = None    # test shard URLs; None = <root>/test-*.tar
     val_fraction: float = 0.0      # fraction of samples held out for validation
     test_fraction: float = 0.2     # fraction held out for the test split (the evaluation set)
+    split: str = "random"          # random (pool, seeded cut by the fractions) | official (keep the source's train/test files, e.g. MNIST's 60000/10000)
     split_seed: int = 0            # seed of the fixed train/val/test split
     shard_samples: int = 256       # samples per shard when writing
     encoding: str = "npy"          # npy (raw uint8) | png
@@ -210,6 +211,7 @@ class EvalConfig:
     pgd_steps: int = 20            # iterations of PGD (and BIM/MIM) in the evaluation
     pgd_alpha: Optional[float] = None # PGD step (None = 2.5 eps / steps)
     restarts: int = 1              # random restarts per attack
+    nested: bool = True            # a sample broken at a smaller eps counts as broken at every larger one without a new attack (exact: the balls are nested); false = attack every eps independently
     model_mode: str = "eval"       # mode of the model while attacked
     max_samples: Optional[int] = None # evaluate only the first N test samples
     batch_size: int = 512          # evaluation batch size
@@ -219,6 +221,7 @@ class EvalConfig:
     eot_samples: int = 1           # expectation over transformation: attack gradients averaged over this many forwards (randomised models, e.g. model.pni); per attack: 'pgd:eot=10'
     certify: Dict[str, Any] = field(default_factory=dict)  # {sigma, n0, n, alpha, radii, max_samples}
     seed: int = 0                  # seed of attack starts, noise and certification
+    cpu_threads: int = 0           # torch threads while evaluating on CPU (0 = every core of the machine; set 1..N on a shared machine)
 
 
 @dataclass

@@ -4,6 +4,7 @@ from __future__ import annotations
 from omegaconf import DictConfig
 
 from ..errors import ConfigError
+from .ranges import check_ranges
 
 CHOICES = {
     "resume": None,  # free-form: never | auto | path
@@ -11,6 +12,7 @@ CHOICES = {
     "data.on_error": ("raise", "skip"),
     "data.encoding": ("npy", "png"),
     "data.source": ("digits", "idx", "npz", "imagefolder", "shards"),
+    "data.split": ("random", "official"),
     "method.attack.norm": ("linf", "l2"),
     "method.attack.loss": ("ce", "cw"),
     "method.attack.model_mode": ("eval", "train"),
@@ -59,9 +61,6 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"key '{key}': must be >= 0, got {_get(cfg, key)}")
     if cfg.engine.zero_stage not in (0, 1, 2, 3):
         raise ConfigError(f"key 'engine.zero_stage': must be 0, 1, 2 or 3, got {cfg.engine.zero_stage}")
-    for i, e in enumerate(cfg.eval.eps):
-        if e < 0:
-            raise ConfigError(f"key 'eval.eps.{i}': epsilon must be >= 0, got {e}")
     if not 0.0 <= cfg.data.test_fraction < 1.0 or not 0.0 <= cfg.data.val_fraction < 1.0:
         raise ConfigError("key 'data.test_fraction'/'data.val_fraction': must be in [0, 1)")
     if cfg.data.val_fraction + cfg.data.test_fraction >= 1.0:
@@ -82,6 +81,7 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError("keys 'model.mean' and 'model.std' must have the same length")
     if any(s <= 0 for s in cfg.model.std):
         raise ConfigError("key 'model.std': every entry must be > 0")
+    check_ranges(cfg)   # attack budgets within the pixel range, evaluation settings (ranges.py)
     _validate_langevin(cfg)
     if cfg.model.width is not None and cfg.model.width <= 0:
         raise ConfigError(f"key 'model.width': must be > 0 (or null), got {cfg.model.width}")

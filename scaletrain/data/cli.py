@@ -13,6 +13,8 @@ examples:
   scaletrain shards --source digits --out data/digits
   scaletrain shards --source idx --path ../shared/data/mnist --out data/mnist \\
       --shard-samples 4096 --val-fraction 0.1 --test-fraction 0.1
+  scaletrain shards --source idx --path ../shared/data/mnist --out data/mnist-official \
+      --split official --shard-samples 4096     # MNIST's own 60000/10000 files, test kept in order
   scaletrain shards --source imagefolder --path photos/ --out data/photos --encoding png
   scaletrain shards --source npz --path arrays.npz --out data/arrays --shard-bytes 64MB
   scaletrain shards --check data/mnist          # verify sha256 and sample counts
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "(shard names, sample counts, class histograms, image shape, sha256 per shard).")
     p.add_argument("--source", choices=["digits", "idx", "npz", "imagefolder"], default="digits",
                    help="digits: scikit-learn 8x8 digits (bundled); idx: MNIST-style IDX files "
-                        "(gzipped or not; a folder of *-images-idx3-ubyte/*-labels-idx1-ubyte pairs, pooled); "
+                        "(gzipped or not; a folder of *-images-idx3-ubyte/*-labels-idx1-ubyte pairs, pooled unless --split official); "
                         "npz: arrays x (N,H,W[,C]) and y (N,); imagefolder: root/<class>/*.png|jpg "
                         "(class index = sorted folder names). Default: digits")
     p.add_argument("--path", help="source file or folder (idx, npz, imagefolder)")
@@ -68,6 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="max bytes per shard, e.g. 64MB (a shard closes at whichever limit comes first)")
     p.add_argument("--test-fraction", type=float, default=0.2, help="fraction of samples in test (default 0.2)")
     p.add_argument("--val-fraction", type=float, default=0.0, help="fraction of samples in val (default 0)")
+    p.add_argument("--split", choices=["random", "official"], default="random",
+                   help="random: pool all samples and cut a seeded permutation (--test-fraction); "
+                        "official: keep the source's published train/test files (IDX: t10k-*/test-* = test, "
+                        "in file order; --val-fraction is drawn from train; --test-fraction is unused)")
     p.add_argument("--split-seed", type=int, default=0, help="seed of the train/val/test permutation (default 0)")
     p.add_argument("--encoding", choices=["npy", "png"], default="npy",
                    help="npy: raw uint8 array (fast to decode); png: lossless, smaller (default npy)")
@@ -112,7 +118,7 @@ def shards_main(argv: Optional[List[str]] = None) -> int:
     if args.source != "digits" and not args.path:
         raise DataError(f"--source {args.source} needs --path")
     out = args.out or str(Path("data") / (args.name or args.source))
-    m = write_dataset(args.source, args.path, out, split_seed=args.split_seed, test_fraction=args.test_fraction,
+    m = write_dataset(args.source, args.path, out, split=args.split, split_seed=args.split_seed, test_fraction=args.test_fraction,
                       val_fraction=args.val_fraction, shard_samples=args.shard_samples,
                       shard_bytes=args.shard_bytes, encoding=args.encoding, name=args.name,
                       overwrite=args.overwrite, progress=progress)

@@ -39,8 +39,11 @@ MANIFEST = "manifest.json"
 FORMAT = "scaletrain-shards/1"
 SPLITS = ("train", "val", "test")
 # the settings that define a shard set: a manifest with equal values is reused
-SETTING_KEYS = ("source", "path", "split_seed", "test_fraction", "val_fraction",
+SETTING_KEYS = ("source", "path", "split", "split_seed", "test_fraction", "val_fraction",
                 "shard_samples", "shard_bytes", "encoding")
+SPLIT_KINDS = ("random", "official")
+# settings added after the first manifests were written: what an older manifest meant
+SETTING_DEFAULTS = {"split": "random"}
 
 
 def encode_image(img: np.ndarray, encoding: str) -> bytes:
@@ -66,6 +69,23 @@ def split_indices(n: int, seed: int, test_fraction: float, val_fraction: float) 
     perm = np.random.default_rng(seed).permutation(n)
     n_test, n_val = int(round(n * test_fraction)), int(round(n * val_fraction))
     return {"test": perm[:n_test], "val": perm[n_test:n_test + n_val], "train": perm[n_test + n_val:]}
+
+
+def official_indices(src: Source, seed: int, val_fraction: float) -> Dict[str, np.ndarray]:
+    """The source's published split kept as it is: its test files in file order are the test
+    split; a seeded `val_fraction` of its train files is held out as val (the rest, in file
+    order, is train). `test_fraction` plays no part."""
+    if not src.official or not src.official.get("test") or not src.official.get("train"):
+        raise DataError(f"data.split=official: source {src.description} has no published train/test files "
+                        "(only IDX folders with train-* and t10k-*/test-* files do); use data.split=random")
+    if not 0 <= val_fraction < 1:
+        raise DataError(f"split fractions must be in [0, 1) (val {val_fraction})")
+    test = np.concatenate([np.arange(a, b) for a, b in src.official["test"]])
+    train = np.concatenate([np.arange(a, b) for a, b in src.official["train"]])
+    n_val = int(round(len(train) * val_fraction))
+    held = np.zeros(len(train), bool)
+    held[np.random.default_rng(seed).permutation(len(train))[:n_val]] = True
+    return {"test": test, "val": train[held], "train": train[~held]}
 
 
 def _pad(n: int, block: int) -> int:
@@ -135,6 +155,7 @@ def settings_of(cfg, shard_bytes: Optional[int] = None) -> Dict[str, Any]:
     return {
         "source": cfg.source,
         "path": str(Path(path).resolve()) if path else None,
+        "split": getattr(cfg, "split", "random"),
         "split_seed": int(cfg.split_seed),
         "test_fraction": float(cfg.test_fraction),
         "val_fraction": float(cfg.val_fraction),
@@ -151,8 +172,11 @@ def write_shards(src: Source, out: Path, settings: Dict[str, Any], *, name: str,
 
     if settings["shard_samples"] <= 0:
         raise DataError(f"shard size must be > 0 samples, got {settings['shard_samples']}")
-    parts = split_indices(len(src.labels), settings["split_seed"], settings["test_fraction"],
-                          settings["val_fraction"])
+    if settings.get("split", "random") == "official":
+        parts = official_indices(src, settings["split_seed"], settings["val_fraction"])
+    else:
+        parts = split_indices(len(src.labels), settings["split_seed"], settings["test_fraction"],
+                              settings["val_fraction"])
     n, h, w, c = src.images.shape
     manifest: Dict[str, Any] = {
         "format": FORMAT,
@@ -191,6 +215,7 @@ def read_manifest(root) -> Dict[str, Any]:
 
 
 def _diff(old: Dict[str, Any], new: Dict[str, Any]) -> List[str]:
+    old = {**SETTING_DEFAULTS, **old}
     return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in SETTING_KEYS if old.get(k) != new.get(k)]
 
 
@@ -215,14 +240,16 @@ def _atomic_publish(tmp: Path, root: Path, overwrite: bool) -> bool:
         raise
 
 
-def write_dataset(source: str, path: Optional[str], root, *, split_seed: int = 0,
+def write_dataset(source: str, path: Optional[str], root, *, split: str = "random", split_seed: int = 0,
                   test_fraction: float = 0.2, val_fraction: float = 0.0, shard_samples: int = 256,
                   shard_bytes: Optional[int] = None, encoding: str = "npy", name: Optional[str] = None,
                   overwrite: bool = False, progress: bool = True) -> Dict[str, Any]:
     """Write shards of a source into `root` (refuses a non-empty folder unless `overwrite`)."""
     from types import SimpleNamespace
 
-    cfg = SimpleNamespace(source=source, path=path, split_seed=split_seed, test_fraction=test_fraction,
+    if split not in SPLIT_KINDS:
+        raise DataError(f"unknown split '{split}': expected {' or '.join(SPLIT_KINDS)}")
+    cfg = SimpleNamespace(source=source, path=path, split=split, split_seed=split_seed, test_fraction=test_fraction,
                           val_fraction=val_fraction, shard_samples=shard_samples, encoding=encoding)
     root = Path(root)
     if root.exists() and not root.is_dir():

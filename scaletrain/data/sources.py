@@ -10,7 +10,7 @@ import gzip
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
@@ -26,6 +26,9 @@ class Source:
     labels: np.ndarray            # int64, (N,)
     class_names: List[str]
     description: str              # where it came from, for the manifest
+    # the source's own train/test files, as index ranges into images/labels: {"train": [(start, stop)],
+    # "test": [...]}; None where the source has no published split (digits, npz, imagefolder)
+    official: Optional[Dict[str, List[Tuple[int, int]]]] = None
 
     def __post_init__(self):
         assert self.images.dtype == np.uint8 and self.images.ndim == 4, self.images.shape
@@ -107,8 +110,11 @@ def _idx_pairs(folder: Path) -> List[Tuple[Path, Path]]:
 
 def load_idx(path: Path) -> Source:
     """One images/labels pair, or every pair in a folder (concatenated in
-    sorted file-name order, e.g. MNIST's t10k then train); the train/val/test
-    split is then drawn from the pooled samples with the split seed."""
+    sorted file-name order, e.g. MNIST's t10k then train). By default the
+    train/val/test split is drawn from the pooled samples with the split seed;
+    `official` records which file each sample came from (files whose name
+    starts with t10k/test are the published test set, the others train), so
+    that `data.split=official` keeps the published split."""
     if path.is_dir():
         pairs = _idx_pairs(path)
         if not pairs:
@@ -118,7 +124,7 @@ def load_idx(path: Path) -> Source:
         pairs = [p for p in folder_pairs if p[0] == path]
         if not pairs:
             raise DataError(f"{path} is not an '*-images-idx3-ubyte[.gz]' file with a labels file next to it")
-    xs, ys = [], []
+    xs, ys, official, at = [], [], {"train": [], "test": []}, 0
     for img, lab in pairs:
         x, y = read_idx(img), read_idx(lab)
         if x.ndim not in (3, 4) or x.dtype != np.uint8:
@@ -127,13 +133,16 @@ def load_idx(path: Path) -> Source:
             raise DataError(f"{lab}: expected {len(x)} labels, got shape {y.shape}")
         xs.append(x if x.ndim == 4 else x[..., None])
         ys.append(y.astype(np.int64))
+        part = "test" if img.name.lower().startswith(("t10k", "test")) else "train"
+        official[part].append((at, at + len(x)))
+        at += len(x)
     shapes = {x.shape[1:] for x in xs}
     if len(shapes) > 1:
         raise DataError(f"IDX files in {path} have different image shapes: {sorted(shapes)}")
     y = np.concatenate(ys)
     names = [str(i) for i in range(int(y.max()) + 1)] if len(y) else []
     return Source(np.ascontiguousarray(np.concatenate(xs)), y, names,
-                  "idx:" + ",".join(p[0].name for p in pairs))
+                  "idx:" + ",".join(p[0].name for p in pairs), official)
 
 
 def _to_uint8_nhwc(x: np.ndarray, where: str) -> np.ndarray:

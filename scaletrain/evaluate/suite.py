@@ -31,6 +31,7 @@ from tqdm.auto import tqdm
 from ..attacks import ATTACKS, ModelMode, create_attack
 from ..attacks import _accepted_names
 from ..errors import ConfigError, UserError
+from ..rng import SampleRNG
 
 STATE_VERSION = 1
 
@@ -222,31 +223,54 @@ def _predict(model, x, mode):
         return model(x).float().argmax(1)
 
 
+def attack_curve(model, x, y, ok_clean, grid, cfg, make_attack, rng) -> torch.Tensor:
+    """(n, len(grid)) booleans: sample still correctly classified under the attack at grid[j].
+
+    Only samples correct on clean inputs are attacked. With ``cfg.nested`` (the default) a sample
+    the attack broke at a smaller epsilon is counted as broken at every larger one without being
+    attacked again: the adversarial point found lies in every larger ball (the balls are nested),
+    so the count is exact, not an estimate. A sample's random draws at grid[j] come from its own
+    stream (``rng``: seeded by (seed, what, j, global index)), so the samples that are attacked get
+    exactly the attack they would get in an independent run of that epsilon; hence, per sample,
+    nested = (independent at grid[j]) AND (independent at every smaller epsilon), which is never
+    more robust than the independent column and equal to it wherever the independent curve is
+    monotone (docs/evaluation.md, tests/evaluate/test_shortcuts.py). ``eval.nested=false`` attacks
+    every epsilon independently (a non-monotone curve is a sign of gradient masking)."""
+    n = x.shape[0]
+    mat = torch.zeros(n, len(grid), dtype=torch.bool, device=x.device)
+    alive = ok_clean.clone()
+    for j, e in enumerate(grid):
+        if e == 0:
+            mat[:, j] = ok_clean
+            continue
+        todo = alive if getattr(cfg, "nested", True) else ok_clean
+        idx = todo.nonzero().squeeze(1)
+        col = torch.zeros(n, dtype=torch.bool, device=x.device)
+        if idx.numel():
+            x_adv = make_attack(e)(model, x[idx], y[idx], rng.fork(j).subset(idx.cpu()))
+            col[idx] = _predict(model, x_adv, cfg.model_mode) == y[idx]
+        mat[:, j] = col
+        alive &= col
+    return mat
+
+
 def _eval_batch(model, x, y, b, first, cfg, grid, st: _State, extras):
     n = x.shape[0]
     ok_clean = _predict(model, x, cfg.model_mode) == y
     st.n += n
     st.clean += int(ok_clean.sum())
     # ok[a][:, j]: sample still correct under attack a at grid[j]
+    index = torch.arange(first, first + n)      # global sample indices: each sample's random streams
     ok = {}
-    for ai, name in enumerate(cfg.attacks):
-        mat = torch.zeros(n, len(grid), dtype=torch.bool, device=x.device)
-        for j, e in enumerate(grid):
-            if e == 0:
-                mat[:, j] = ok_clean
-                continue
-            idx = ok_clean.nonzero().squeeze(1)   # only samples correct on clean inputs can be robust
-            if idx.numel():
-                gen = make_generator(x.device, cfg.seed, "attack", name, j, b)
-                x_adv = build_eval_attack(name, e, cfg)(model, x[idx], y[idx], gen)
-                mat[idx, j] = _predict(model, x_adv, cfg.model_mode) == y[idx]
-        ok[name] = mat
-        st.correct[name] = [c + int(v) for c, v in zip(st.correct[name], mat.sum(0).tolist())]
+    for name in cfg.attacks:
+        make = lambda e, name=name: build_eval_attack(name, e, cfg)  # noqa: E731
+        ok[name] = attack_curve(model, x, y, ok_clean, grid, cfg, make, SampleRNG(cfg.seed, index, "attack", name))
+        st.correct[name] = [c + int(v) for c, v in zip(st.correct[name], ok[name].sum(0).tolist())]
     worst = ok_clean[:, None].expand(n, len(grid)).clone()
     for mat in ok.values():
         worst &= mat
     if "autoattack" in extras:
-        mat = extras["autoattack"](model, x, y, b, ok_clean)
+        mat = extras["autoattack"](model, x, y, index, ok_clean)
         st.aa = [c + int(v) for c, v in zip(st.aa, mat.sum(0).tolist())]
         worst &= mat
         ok["autoattack"] = mat
@@ -281,6 +305,33 @@ def evaluate_model(model, loader, cfg, *, device="cpu", rank: int = 0, world_siz
     when world_size > 1) makes the run resumable after an interruption.
     """
     _check_cfg(cfg)
+    threads = torch.get_num_threads()
+    if torch.device(device).type == "cpu":
+        torch.set_num_threads(eval_threads(cfg, world_size))
+    try:
+        return _evaluate(model, loader, cfg, device, rank, world_size, progress, state_file)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def eval_threads(cfg, world_size: int = 1) -> int:
+    """Torch threads per evaluating process on CPU: ``eval.cpu_threads``, or with 0 (the default) the
+    cores this process may run on shared among the ``world_size`` local ranks: a run alone on its
+    machine uses all of it. On a machine shared with other jobs set ``eval.cpu_threads`` (1 keeps
+    each rank on one core). The count takes part in the numbers (conv reductions split by thread), so
+    `scaletrain eval` reproduces a run's report bit for bit with the same count - with the default,
+    on the same machine."""
+    n = int(getattr(cfg, "cpu_threads", 0) or 0)
+    if n > 0:
+        return n
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:   # not on Linux
+        cores = os.cpu_count() or 1
+    return max(1, cores // max(int(world_size), 1))
+
+
+def _evaluate(model, loader, cfg, device, rank, world_size, progress, state_file):
     grid = eps_grid(cfg)
     cfg_dict = _cfg_dict(cfg)
     extras = {}

@@ -61,15 +61,17 @@ def test_report_numbers(base_report, digits_model, digits_eval):
 
 def test_matches_direct_attack(base_report, digits_model, digits_eval):
     """The suite's PGD number at one eps equals running the attack by hand with the suite's seeding."""
-    from scaletrain.evaluate.suite import build_eval_attack, make_generator
+    from scaletrain.evaluate.suite import build_eval_attack
+    from scaletrain.rng import SampleRNG
     cfg = small_cfg()
     correct = 0
     for b, first, x, y in rebatch(digits_eval, cfg.batch_size):
         with torch.no_grad():
             ok = digits_model(x).argmax(1) == y
         idx = ok.nonzero().squeeze(1)
-        x_adv = build_eval_attack("pgd", 0.1, cfg)(digits_model, x[idx], y[idx],
-                                                   make_generator("cpu", cfg.seed, "attack", "pgd", 1, b))
+        # each sample's own stream: (seed, "attack", name, grid index, global sample index)
+        rng = SampleRNG(cfg.seed, torch.arange(first, first + x.shape[0]), "attack", "pgd").fork(1).subset(idx)
+        x_adv = build_eval_attack("pgd", 0.1, cfg)(digits_model, x[idx], y[idx], rng)
         with torch.no_grad():
             correct += int((digits_model(x_adv).argmax(1) == y[idx]).sum())
     assert base_report["attacks"]["pgd"]["acc"][1] == correct / 96
@@ -171,14 +173,15 @@ def test_autoattack_preset(digits_model, digits_eval):
     assert "autoattack" in r["worst_case"]["attacks"]
     # the preset = APGD-CE then APGD-T on what survives: a direct run gives the same count
     from scaletrain.attacks import APGDCE, APGDT
-    from scaletrain.evaluate.suite import make_generator
+    from scaletrain.rng import SampleRNG
     alive_total = 0
     for b, first, x, y in rebatch(digits_eval, cfg.batch_size):
         with torch.no_grad():
             alive = digits_model(x).argmax(1) == y
         for k, atk in enumerate((APGDCE(eps=0.1, steps=5), APGDT(eps=0.1, steps=5))):
             idx = alive.nonzero().squeeze(1)
-            xa = atk(digits_model, x[idx], y[idx], make_generator("cpu", cfg.seed, "autoattack", k, 1, b))
+            # each sample's stream: (seed, "autoattack", grid index, attack index, global sample index)
+            xa = atk(digits_model, x[idx], y[idx], SampleRNG(cfg.seed, first + idx, "autoattack", 1, k))
             with torch.no_grad():
                 alive[idx] = digits_model(xa).argmax(1) == y[idx]
         alive_total += int(alive.sum())
