@@ -21,7 +21,6 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
@@ -72,6 +71,7 @@ def measure(name, overrides, root, data_root, steps, saves):
             t = time.perf_counter()
             trainer._train_step(method, x, y, 0, epoch)
             step_t.append(time.perf_counter() - t)
+            D.barrier()  # time the decision itself, not the ranks' step skew
             t = time.perf_counter()
             trainer.stopper.poll()
             poll_t.append(time.perf_counter() - t)
@@ -89,7 +89,7 @@ def measure(name, overrides, root, data_root, steps, saves):
     trainer.stopper.close()
     params = sum(p.numel() for p in engine.module.parameters())
     engine = trainer = None
-    cleanup()
+    D.barrier()
     step, ckpt = statistics.median(step_t[3:] or step_t), statistics.median(ckpt_t)
     return {"variant": name, "params": params, "world_size": dist.world_size, "step_s": step,
             "poll_us": 1e6 * statistics.median(poll_t), "poll_share": statistics.median(poll_t) / step,
@@ -104,7 +104,7 @@ def main():
     ap.add_argument("--only", default=None, help="comma-separated variant names")
     ap.add_argument("--json", default=None)
     ns = ap.parse_args()
-    root = tempfile.mkdtemp(prefix="ckpt_cost_")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "ckpt_cost_runs")  # shared by the ranks
     data_root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "out", "data", "digits")
     cfg = load_config(None, [f"data.root={data_root}", "train.progress=false"])
     if int(os.environ.get("RANK", 0)) == 0:
@@ -115,8 +115,10 @@ def main():
         for name in names:
             rows.append(measure(name, VARIANTS[name], root, data_root, ns.steps, ns.saves))
     finally:
+        D.barrier()
         if int(os.environ.get("RANK", 0)) == 0:
             shutil.rmtree(root, ignore_errors=True)
+        cleanup()
     if int(os.environ.get("RANK", 0)) != 0:
         return
     print("load:", subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())

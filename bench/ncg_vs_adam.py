@@ -86,7 +86,8 @@ def main():
         for s in settings:
             loss, acc, evals, secs = run(list(s), a.steps, batch, a.width, a.train_samples)
             label = " ".join(v.split("=", 1)[1] for v in s)
-            print(f"| {f'full ({batch})' if batch >= a.train_samples else batch} | {label} | {loss:.4f} | {100 * acc:.1f} | "
+            tag = f"full ({batch})" if batch >= a.train_samples else str(batch)
+            print(f"| {tag} | {label} | {loss:.4f} | {100 * acc:.1f} | "
                   f"{evals} | {secs:.1f} |", flush=True)
     print("# load: " + subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
 

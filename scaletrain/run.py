@@ -38,6 +38,9 @@ def train(cfg: ConfigLike) -> Dict[str, Any]:
     if launcher == "local" and cfg.engine.workers > 1 and "WORLD_SIZE" not in os.environ:
         raise ConfigError("key 'engine.workers': the local launcher runs one process; use "
                           "engine.launcher=ray, or start ranks with torchrun (see docs/launch.md)")
+    if cfg.resume != "never" and os.environ.get("RANK", "0") == "0":  # (never: a fresh folder)
+        from .engine.preempt import clear_stop
+        clear_stop(str(resolve_run_dir(cfg)))  # a stop request of an earlier, interrupted launch
     return train_worker(cfg)
 
 

@@ -174,7 +174,7 @@ class StopCoordinator:
 
 
 def record_interruption(run_dir: str, reason: str, step: int, checkpoint: Optional[str]) -> None:
-    """`<run_dir>/interrupted.json` (rank 0); removed by the next run that finishes."""
+    """`<run_dir>/interrupted.json` (rank 0): the last interruption of this run folder (kept)."""
     path = os.path.join(run_dir, "interrupted.json")
     with open(path + ".tmp", "w") as f:
         json.dump({"reason": reason, "step": step, "checkpoint": checkpoint, "time": time.time(),

@@ -35,7 +35,7 @@ from . import dist as D
 from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
-from .preempt import Preempted, StopCoordinator, clear_stop
+from .preempt import Preempted, StopCoordinator
 from ..methods.base import Event, Method
 from ..rng import SampleRNG
 
@@ -145,8 +145,6 @@ class Trainer:
         path = resolve_resume(self.cfg.resume, self.run_dir)
         if path:
             self.restore(path)
-        if self.is_rank0:
-            clear_stop(self.run_dir)  # a stop request of an earlier, interrupted launch
         t = self.cfg.train
         self.stopper = StopCoordinator(self.run_dir, t.ckpt_every_minutes, t.preempt_grace_s,
                                        self.engine.rank, self.engine.world_size)

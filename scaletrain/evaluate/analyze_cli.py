@@ -62,7 +62,8 @@ def markdown(s: Dict[str, Any]) -> List[str]:
              f"- local Lipschitz estimate (L-inf ball eps={s['lipschitz_eps']:g}, logits, L1/L-inf): "
              f"mean {s['lipschitz_mean']:.4g}, max {s['lipschitz_max']:.4g}", "",
              f"### Random weight perturbation ({s['weight_perturbation']['trials']} draws per size)", "",
-             "| relative size | logit change (rel.) | changed predictions (%) | accuracy (%) |", "|---:|---:|---:|---:|"]
+             "| relative size | logit change (rel.) | changed predictions (%) | accuracy (%) |",
+             "|---:|---:|---:|---:|"]
     for r in s["weight_perturbation"]["rows"]:
         lines.append(f"| {r['rel_size']:g} | {r['output_change']:.4f} | {100 * r['prediction_flips']:.1f} | "
                      f"{100 * r['acc']:.1f} |")

@@ -40,7 +40,8 @@ def anderson(f: Callable, z0: torch.Tensor, max_iter: int = 30, tol: float = 1e-
     """Anderson acceleration with memory m (per-sample least squares, Tikhonov `lam`, mixing `beta`).
 
     With G_i = f(z_i) - z_i, solve min_a ||sum_i a_i G_i|| s.t. sum_i a_i = 1 (via the bordered
-    normal equations, `lam` relative to the mean |G_i|^2), then z_next = beta sum a_i f(z_i) + (1 - beta) sum a_i z_i."""
+    normal equations, `lam` relative to the mean |G_i|^2), then
+    z_next = beta sum a_i f(z_i) + (1 - beta) sum a_i z_i."""
     shape, dtype, b = z0.shape, z0.dtype, z0.shape[0]
     fn = lambda v: f(v.view(shape).to(dtype)).reshape(b, -1).float()  # noqa: E731
     d = z0[0].numel()

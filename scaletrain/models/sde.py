@@ -88,7 +88,8 @@ class SDEClassifier(ZooModel):
     def check_kwargs(kw: Dict[str, Any]) -> None:
         from ..errors import ConfigError
         if kw.get("diffusion", "additive") not in ("additive", "multiplicative"):
-            raise ConfigError(f"key 'model.kwargs.diffusion': '{kw['diffusion']}' is not one of additive, multiplicative")
+            raise ConfigError(f"key 'model.kwargs.diffusion': '{kw['diffusion']}' is not one of "
+                              "additive, multiplicative")
         if kw.get("sigma", 0.1) < 0:
             raise ConfigError(f"key 'model.kwargs.sigma': must be >= 0, got {kw['sigma']}")
         for key in ("steps", "test_samples", "t1"):

@@ -44,7 +44,7 @@ from typing import Any, Callable, Dict, List, Optional, Union
 
 from omegaconf import DictConfig
 
-from ..engine.preempt import LATCH, request_stop
+from ..engine.preempt import LATCH, clear_stop, request_stop
 from ..errors import Preempted
 
 DEFAULT_WORKER = "scaletrain.run:train_worker"
@@ -241,6 +241,7 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
     # Ray Train runs the training function in a thread, where no signal handler can be
     # installed: the driver takes SIGTERM / SIGUSR1 and asks the workers to stop through the
     # run folder's stop file (engine/preempt.py); Ray's own SIGINT handler (abort) stays.
+    clear_stop(run_dir)  # a stop request of an earlier launch; workers never clear it
     LATCH.install(cfg.train.preempt_grace_s, on_trigger=lambda reason: request_stop(run_dir, reason))
     try:
         result = trainer.fit()

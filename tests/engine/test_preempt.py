@@ -49,6 +49,7 @@ def test_sigterm_checkpoints_exits_75_and_resumes_identically(tmp_path, data_roo
     assert rec["step"] == meta["step"] and rec["exit_code"] == EXIT_PREEMPTED and rec["reason"] == "SIGTERM"
     assert max(log_rows(str(cut))) == meta["step"]  # every rank stopped at the same step
 
+    (cut / "STOP").write_text("stale request of the interrupted launch\n")  # a new launch ignores it
     rc, out = run(ranks, common + ["name=cut", "resume=auto"])
     assert rc == 0, out[-3000:]
     assert same_weights(tmp_path / "full", cut)

@@ -1,5 +1,6 @@
 """`scaletrain analyze`: a trained NODE run gets its sensitivity section (report, json, W&B)."""
 import json
+import time
 
 import pytest
 
@@ -40,8 +41,14 @@ def test_analyze_writes_report_section_and_wandb(tmp_path, capsys):
     md = (run / "report.md").read_text()
     assert "## Sensitivity analysis" in md and "### Discretisation" in md and "## Results" in md
     assert json.load(open(run / "sensitivity.json"))["n"] == 64
-    hist = [row for f in find_offline_runs(str(run)) for row in read_offline_history(f)]
-    assert any(row.get("sensitivity/lipschitz_mean") == pytest.approx(s["lipschitz_mean"]) for row in hist)
+    def logged():  # W&B's service may still be writing its offline log right after finish() on a loaded machine
+        hist = [row for f in find_offline_runs(str(run)) for row in read_offline_history(f)]
+        return any(row.get("sensitivity/lipschitz_mean") == pytest.approx(s["lipschitz_mean"]) for row in hist), hist
+    deadline = time.time() + 60
+    while not logged()[0] and time.time() < deadline:
+        time.sleep(2)
+    ok, hist = logged()
+    assert ok, (find_offline_runs(str(run)), [sorted(r)[:4] for r in hist])
     # user errors: one line, exit 2
     capsys.readouterr()
     assert main(["analyze", str(tmp_path / "nope")]) == 2
