@@ -15,6 +15,7 @@ unless ``--fresh``. User mistakes print one line and return 2.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import socket
 import sys
@@ -90,7 +91,12 @@ def evaluate_paths(paths: Sequence[str], overrides: Sequence[str] = (), *, out: 
             from ..track import Tracker
             tracker = Tracker(cfg0.tracking, out, to_dict(cfg0), name=f"{os.path.basename(str(run_dir0))}-eval",
                               job_type="eval")
-            tracker.log_report(report)
+            if "ensemble" in report:   # an ensemble: the averaged-logits model's curves, plus member mean/std
+                tracker.log_report(report["ensemble"], prefix="eval/ensemble")
+                tracker.log({f"eval/members_{stat}/{k}": float(v) for stat in ("mean", "std")
+                             for k, v in report[stat].items() if math.isfinite(v)})
+            else:
+                tracker.log_report(report)
             tracker.finish()
         print(format_table(report), flush=True)
         print(f"outputs: {out}", flush=True)

@@ -97,3 +97,26 @@ def test_eval_main_user_errors(run_dirs, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 4 and all(line.startswith("error: ") for line in err)
     assert "eval.attacks" in err[1]
+
+
+def test_ensemble_eval_logs_to_wandb(run_dirs):
+    """`scaletrain eval A B` with W&B on records the averaged-logits ensemble's curve and the
+    members' mean/std (an ensemble report has no top-level worst case: it used to raise)."""
+    import time
+    from scaletrain.evaluate.cli import eval_main
+    from scaletrain.track.wandb_tracker import find_offline_runs, read_offline_history
+    out = run_dirs[0] / "ens-wandb"
+    assert eval_main(["--out", str(out), "--no-progress", str(run_dirs[0]), str(run_dirs[1]),
+                      "tracking.wandb=true", "tracking.mode=offline"]) == 0
+    ens = json.load(open(out / "report.json"))
+    keys, deadline = set(), time.time() + 60
+    while time.time() < deadline:   # W&B's offline writer may still be flushing its last rows
+        files = find_offline_runs(str(out))
+        keys = {k for row in (read_offline_history(files[0]) if files else []) for k in row}
+        if "eval/members_mean/clean_acc" in keys:
+            break
+        time.sleep(2)
+    assert "eval/ensemble/pgd/acc@0.1" in keys and "eval/members_std/clean_acc" in keys, sorted(keys)
+    rows = read_offline_history(find_offline_runs(str(out))[0])
+    got = [r["eval/ensemble/clean_acc"] for r in rows if "eval/ensemble/clean_acc" in r]
+    assert got == [pytest.approx(ens["ensemble"]["clean_acc"])]
