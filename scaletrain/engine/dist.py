@@ -82,8 +82,18 @@ def init_distributed(cfg) -> DistInfo:
     device = _device(ecfg.device, local_rank)
     if not tdist.is_initialized():
         backend = ecfg.dist_backend or ("nccl" if device.type == "cuda" else "gloo")
-        tdist.init_process_group(backend=backend, rank=rank, world_size=world,
-                                 timeout=timedelta(minutes=float(os.environ.get("SCALETRAIN_DIST_TIMEOUT_MIN", 30))))
+        timeout = timedelta(minutes=float(os.environ.get("SCALETRAIN_DIST_TIMEOUT_MIN", 30)))
+        for attempt in range(5):
+            try:
+                tdist.init_process_group(backend=backend, rank=rank, world_size=world, timeout=timeout)
+                break
+            except tdist.DistNetworkError:
+                # port taken: a single process's store has no peers to agree on the port with, so it
+                # takes another one. Seen in CI: a `scaletrain train` subprocess inherited the
+                # MASTER_PORT of its parent (the test process), whose own group still held the port
+                if world != 1 or attempt == 4:
+                    raise
+                os.environ["MASTER_PORT"] = str(free_port())
     else:
         rank, world = tdist.get_rank(), tdist.get_world_size()
     return DistInfo(rank=rank, world_size=world, local_rank=local_rank, device=device)

@@ -203,3 +203,26 @@ def test_deepspeed_checkpoint_loads_only_with_weights_only(tmp_path, monkeypatch
     after = eng.consolidated_state_dict()
     for k in saved:
         assert torch.equal(saved[k], after[k]), k
+
+
+def test_single_process_takes_another_port_when_the_inherited_one_is_busy():
+    """A `scaletrain train` subprocess inherits MASTER_PORT from a parent whose own group still
+    listens on it (seen in CI): a world of one has no peers to agree with, so it takes another port."""
+    import socket
+    import subprocess
+    import sys
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    code = ("import os; from scaletrain.config import load_config; from scaletrain.engine import init_distributed, cleanup;"
+            "d = init_distributed(load_config(None, ['tracking.wandb=false']));"
+            "print('world', d.world_size, 'port', os.environ['MASTER_PORT']); cleanup()")
+    env = dict(os.environ, MASTER_PORT=str(port), MASTER_ADDR="127.0.0.1", WORLD_SIZE="1", RANK="0")
+    try:
+        r = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    finally:
+        busy.close()
+    assert r.returncode == 0, r.stderr[-2000:]
+    world, new_port = r.stdout.split()[1], int(r.stdout.split()[3])
+    assert world == "1" and new_port != port

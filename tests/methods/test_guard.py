@@ -22,7 +22,10 @@ from scaletrain.track.wandb_tracker import find_offline_runs, read_offline_histo
 
 FAST = ["method.name=fast_at", "method.attack.name=fgsm_rs", "method.attack.eps=0.2", "method.attack.alpha=0.25",
         "method.guard.every=2", "method.guard.pgd_steps=3", "engine.backend=torch", "optim.name=adam",
-        "optim.lr=0.01", "train.epochs=2"]
+        "optim.lr=0.01", "train.epochs=2",
+        # only a full collapse fires (probe PGD accuracy 0, FGSM >= 0.9): the forced one. With the default
+        # thresholds a real 16-sample probe can fire too, depending on the thread count's arithmetic
+        "method.guard.collapse=0.01", "method.guard.gap=0.9"]
 
 
 def _fit(tmp_path, name, *overrides, tracker_on=False, force=()):
