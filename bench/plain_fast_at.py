@@ -107,7 +107,7 @@ def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, th
     model.eval()
     with torch.no_grad():
         clean = float((model(xt).argmax(1) == yt).float().mean())
-    pgd = pgd_accuracy(model, xt[:eval_samples], yt[:eval_samples])
+    pgd = pgd_accuracy(model, xt[:eval_samples], yt[:eval_samples]) if eval_samples else None
     return {"steps": step, "seconds": seconds, "steps_per_s": step / seconds, "clean": clean,
             f"pgd20_first{eval_samples}": pgd, "threads": threads, "epochs": epochs, "clip_start": clip_start}
 
