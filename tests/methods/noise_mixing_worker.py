@@ -79,7 +79,7 @@ CASES = {
     "dropblock": ["method.name=standard", "model.kwargs.dropblock_prob=0.2", "model.kwargs.dropblock_size=3"],
     "vib": ["method.name=standard", "model.vib_dim=8", "method.extra=[{name: vib, kwargs: {beta: 0.01}}]"],
     "penalty": ["method.name=standard", "method.extra=[{name: confidence_penalty, kwargs: {beta: 0.5}}]"],
-    "huber": ["method.name=huber", "method.kwargs.delta=0.5"],
+    "huber": ["method.name=huber", "method.huber_delta=0.5"],
     "trades_cutmix": ["method.name=trades", "method.attack.eps=0.2", "method.attack.steps=2", NO_BN,
                       "method.extra=[{name: cutmix, kwargs: {alpha: 1.0}}]"],
     "pgd_cutmix_penalty": ["method.name=pgd_at", "method.attack.eps=0.2", "method.attack.steps=2", NO_BN,
