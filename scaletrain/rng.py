@@ -119,6 +119,11 @@ class SampleKeyedLayer:
     def bind_rng(self, rng: Optional[SampleRNG]) -> None:
         self._sample_rng = rng
 
+    @property
+    def rng_bound(self) -> bool:
+        """Whether the trainer bound per-sample streams (inside a training step)."""
+        return self._sample_rng is not None
+
     def _sample_draw(self, fn, shape, device) -> torch.Tensor:
         rng, shape = self._sample_rng, tuple(int(s) for s in shape)
         if rng is None:
