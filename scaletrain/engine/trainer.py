@@ -14,9 +14,11 @@
 
 A method (scaletrain.methods.Method) declares its events; only declared events are called.
 `ctx.rng` gives per-sample random numbers keyed by (method seed, step, replay, global sample
-index), the same on 1 and N ranks. `ctx.request_rollback()` reloads the newest checkpoint and
-continues from it (a catastrophic-overfitting guard); with several ranks every rank must request
-it at the same step (decide on an all-reduced metric: `ctx.all_reduce_sum`). Method state
+index), the same on 1 and N ranks; the model's random layers (DropBlock, VIB: rng.SampleKeyedLayer)
+draw from forks of the same streams, bound for the step (`bind_sample_rng`) and unbound after it.
+`ctx.request_rollback()` reloads the newest checkpoint and continues from it (a
+catastrophic-overfitting guard); with several ranks every rank must request it at the same
+step (decide on an all-reduced metric: `ctx.all_reduce_sum`). Method state
 (`state_dict`) is saved in every checkpoint (per rank) and restored on resume and rollback
 (except the keys the method lists in `rollback_keep`).
 """
@@ -38,7 +40,7 @@ from .optim import LRSchedule, Segment
 from .preempt import Preempted, StopCoordinator
 from .stages import Stage, StageRuntime, plan_stages, resolve_lengths  # noqa: F401 (Stage re-exported)
 from ..methods.base import Event, Method
-from ..rng import SampleRNG
+from ..rng import SampleRNG, bind_sample_rng
 
 
 @dataclass
@@ -187,6 +189,7 @@ class Trainer:
         for replay in range(method.replays):
             ctx.replay, ctx.step, ctx.sample_index = replay, eng.global_step, index
             ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            bind_sample_rng(eng.module, ctx.rng.fork("model"))
             x, y = x0, y0
             with eng.autocast():
                 if method.handles(Event.BEFORE_FORWARD):
@@ -206,6 +209,7 @@ class Trainer:
             self._accumulate(loss, logits, y0, info)
             if moved and self.cfg.train.log_every and eng.global_step % self.cfg.train.log_every == 0:
                 self._log(si, ep, eng.lr)
+        bind_sample_rng(eng.module, None)
         if ctx.rollback_reason:
             reason, ctx.rollback_reason = ctx.rollback_reason, None
             raise _Rollback(reason)
@@ -214,6 +218,7 @@ class Trainer:
         """The method's loss of (x, y) at the current weights, with the same per-sample random numbers."""
         def closure():
             ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            bind_sample_rng(self.engine.module, ctx.rng.fork("model"))
             with self.engine.autocast():
                 return method.loss(self.engine.forward, x, y, ctx)[0].detach()
         return closure
