@@ -312,7 +312,7 @@ class Trainer:
         meta = {"step": self.engine.global_step, "micro_step": self.engine.micro_step,
                 "stage": self.pos.stage, "epoch": self.pos.epoch, "batch": self.pos.batch,
                 "best": self.best, "last_metrics": self.last_metrics, "rollbacks": self.rollbacks,
-                "stages": len(self.stages)}
+                "stages": len(self.stages), "stage_epochs": [int(st.epochs) for st in self.stages]}
         if interrupted:
             meta["interrupted"] = interrupted
         path = self.ckpt.save(self.engine, meta, rank_state, OmegaConf.to_yaml(self.cfg))
@@ -325,7 +325,7 @@ class Trainer:
     def restore(self, path: str) -> None:
         meta, rank_state = self.ckpt.load(self.engine, path)
         self.engine.set_counters(meta["step"], meta["micro_step"])
-        self.pos = Position(meta["stage"], meta["epoch"], meta["batch"])
+        self.pos = self._extend_finished(Position(meta["stage"], meta["epoch"], meta["batch"]), meta)
         self.best = dict(meta.get("best", {}))
         self.last_metrics = dict(meta.get("last_metrics", {}))
         self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
@@ -340,6 +340,28 @@ class Trainer:
         self._meter = self._new_meter()
         set_rng_state(self._pending_rng)
         self._truncate_log(meta["step"])
+
+    def _extend_finished(self, pos: Position, meta: Dict[str, Any]) -> Position:
+        """A finished run resumed with more epochs in its last stage (`resume=auto train.epochs=20`
+        after 10) continues from the end of the epochs it trained, on the new plan's learning-rate
+        schedule; a finished run with nothing left to train says so instead of silently training
+        nothing."""
+        saved = meta.get("stage_epochs")
+        if pos.stage < len(self.stages) or saved is None:
+            return pos
+        now = [int(st.epochs) for st in self.stages]
+        last = len(now) - 1
+        if len(saved) == len(now) and saved[:last] == now[:last] and now[last] > saved[last]:
+            if self.is_rank0:
+                print(f"resume: the run finished {saved[last]} epoch(s) of stage {last}; extending it to "
+                      f"{now[last]} (the learning-rate schedule is the new plan's, so the rate jumps to "
+                      f"its value at step {meta['step']})", flush=True)
+            return Position(last, saved[last], 0)
+        if self.is_rank0:
+            print(f"resume: the run already finished its plan ({saved} epochs per stage; now {now}): "
+                  "nothing left to train, evaluating the saved model. Only the last stage can be extended; "
+                  "start a new run (another name) to train a different plan.", flush=True)
+        return pos
 
     def _truncate_log(self, step: int) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""
