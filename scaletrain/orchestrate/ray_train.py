@@ -149,7 +149,7 @@ def ray_worker_loop(config: Dict[str, Any]) -> None:
         resume = _newest(ray_path, config["run_dir"])
         if resume is not None:
             cfg.resume = resume
-        with use_hooks(RayReportHook()):
+        with use_hooks(RayReportHook(), *config.get("hooks", ())):
             try:
                 report = worker(cfg, run_dir=config["run_dir"])
             except Preempted as stop:  # a clean stop, not a failure: Ray must not restart it
@@ -198,11 +198,14 @@ def connect(cfg) -> None:
 
 
 def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
-                 run_dir: Optional[str] = None, callbacks: Optional[List[Any]] = None) -> Dict[str, Any]:
+                 run_dir: Optional[str] = None, callbacks: Optional[List[Any]] = None,
+                 hooks: Optional[List[Any]] = None) -> Dict[str, Any]:
     """Run `worker(cfg, run_dir=...)` on `engine.workers` Ray Train workers; return rank 0's report.
 
     `callbacks`: Ray Train V2 `UserCallback`s, e.g. Tune's `TuneReportCallback` when the run is
-    a sweep trial (the Tune function builds and fits this TorchTrainer)."""
+    a sweep trial (the Tune function builds and fits this TorchTrainer). `hooks`: trainer hooks
+    (engine/hooks.py; picklable objects) installed in every worker, e.g. a sweep's loss guard:
+    hooks installed with `use_hooks` in the calling process do not reach the workers."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -226,7 +229,7 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
     trainer = TorchTrainer(
         ray_worker_loop,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "worker": worker, "use_gpu": use_gpu,
-                           "env": env, "storage_token": token},
+                           "env": env, "storage_token": token, "hooks": list(hooks or [])},
         torch_config=TorchConfig(backend=e.dist_backend or ("nccl" if use_gpu else "gloo")),
         scaling_config=ray.train.ScalingConfig(num_workers=e.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources, placement_strategy=e.placement),
