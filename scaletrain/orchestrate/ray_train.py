@@ -37,6 +37,7 @@ import importlib
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import uuid
@@ -91,6 +92,7 @@ def _newest(ray_path: Optional[str], run_dir: str) -> Optional[str]:
 
 
 STORAGE_TOKEN = ".scaletrain-storage-{}"
+USER_ERROR = re.compile(r"^\s*(?:[\w.]+\.)?(?:UserError|ConfigError|DataError): (.+)$")
 
 
 def write_storage_token(out_dir: str) -> str:
@@ -250,10 +252,11 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         _remove_token(run_dir, token)
-        msg = str(err)
-        for line in msg.splitlines():  # a user mistake inside a worker stays a user mistake
-            if "UserError" in line or "ConfigError" in line or "DataError" in line:
-                raise UserError(line.split(":", 1)[-1].strip()) from None
+        # a user mistake inside a worker stays a user mistake: the worker's own exception line
+        # (`scaletrain.errors.UserError: ...`), not a traceback's source line that mentions it
+        found = [m.group(1) for m in map(USER_ERROR.match, str(err).splitlines()) if m]
+        if found:
+            raise UserError(found[-1].strip()) from None
         raise
     finally:
         LATCH.uninstall()
