@@ -235,7 +235,6 @@ def test_two_worker_trial_fits_a_torchtrainer_inside_tune(ray_local, tmp_path, d
     folder = tmp_path / "sweeps" / "mw"
     row, nan = _rows(str(folder))
     assert nan["status"] == "failed" and nan["error"].startswith("FloatingPointError: training loss is nan"), nan
-    assert json.loads((folder / "trials" / "t001" / "trial.json").read_text())["metrics"] == {}
     assert row["status"] == "ok" and float(row["clean_acc"]) > 0.5
     rep = json.loads((folder / "trials" / "t000" / "report.json").read_text())
     assert rep["train"]["world_size"] == 2
