@@ -4,11 +4,15 @@
     python bench/langevin_table.py --mnist                 # MNIST (configs/mnist_<variant>.yaml)
     python bench/langevin_table.py --seeds 0 1 --only sgd baoab --epochs 2   # a quick look
     python bench/langevin_table.py --write-docs            # replace the table in docs/methods.md
+    python bench/langevin_table.py --mnist --epochs 1 --eval-samples 1000 --threads 2 --write-docs
+                                                           # the MNIST table (section langevin-table-mnist)
 
 Every run is the shipped CLI (`scaletrain train CONFIG seed=S ...`, DeepSpeed engine) followed
 by its robustness report (PGD-20 at the two epsilons below). Seeds run in the outer loop and
 variants in the inner one, so a shared machine's load spreads over all variants alike.
 Mean +/- sample std over seeds; time = mean wall-clock seconds of one run (training + evaluation).
+--epochs E sets the supervised epochs of every variant alike: the Hebbian variant trains
+E + method.kwargs.hebbian_epochs epochs in all (its unsupervised phase comes first).
 """
 from __future__ import annotations
 
@@ -19,6 +23,10 @@ import statistics
 import subprocess
 import sys
 import time
+
+from omegaconf import OmegaConf
+
+from scaletrain.methods.hebbian import DEFAULTS as HEBBIAN_DEFAULTS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VARIANTS = ["sgd", "sgld", "baoab", "circle", "orthogonal", "hebbian"]
@@ -91,24 +99,41 @@ def table(results, eps, seeds):
     return "\n".join(lines), notes
 
 
+def epochs_override(config, epochs):
+    """['train.epochs=N']: `epochs` supervised epochs, plus the Hebbian phase's for method hebbian."""
+    if epochs is None:
+        return []
+    method = OmegaConf.load(config).get("method", {})
+    extra = int(method.get("kwargs", {}).get("hebbian_epochs", HEBBIAN_DEFAULTS["hebbian_epochs"])) if method.get("name") == "hebbian" else 0
+    return [f"train.epochs={epochs + extra}"]
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--mnist", action="store_true", help="MNIST configs (configs/mnist_<variant>.yaml)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     ap.add_argument("--only", nargs="+", default=VARIANTS, choices=VARIANTS + list(ABLATIONS))
-    ap.add_argument("--marker", default="langevin-table", help="docs/methods.md section <!-- MARKER:start/end -->")
+    ap.add_argument("--marker", default=None, help="docs/methods.md section <!-- MARKER:start/end --> "
+                    "(default langevin-table, with --mnist langevin-table-mnist)")
     ap.add_argument("--epochs", type=int, default=None, help="override train.epochs of every config")
     ap.add_argument("--eps", type=float, nargs=2, default=None, help="the two PGD epsilons (default 0.1 0.2; "
                     "MNIST 0.1 0.3)")
+    ap.add_argument("--eval-samples", type=int, default=None, help="evaluate the first N test samples "
+                    "(eval.max_samples; default: the whole test split)")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads per run, training and evaluation "
+                    "(engine.cpu_threads, eval.cpu_threads; default: the configs' values)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "langevin"))
     ap.add_argument("--write-docs", action="store_true")
     ap.add_argument("--fresh", action="store_true", help="rerun runs already finished in --out")
     args = ap.parse_args()
     prefix = "mnist" if args.mnist else "digits"
+    marker = args.marker or ("langevin-table-mnist" if args.mnist else "langevin-table")
     eps = args.eps or ([0.1, 0.3] if args.mnist else [0.1, 0.2])
     extra = ["eval.attacks=[pgd]", f"eval.eps=[0.0,{eps[0]},{eps[1]}]", "eval.pgd_steps=20"]
-    if args.epochs is not None:
-        extra.append(f"train.epochs={args.epochs}")
+    if args.eval_samples is not None:
+        extra.append(f"eval.max_samples={args.eval_samples}")
+    if args.threads is not None:
+        extra += [f"engine.cpu_threads={args.threads}", f"eval.cpu_threads={args.threads}"]
     load0 = os.getloadavg()
     t0 = time.time()
     results = {v: [] for v in args.only}
@@ -116,6 +141,7 @@ def main():
         for v in args.only:
             base, more = ABLATIONS.get(v, (v, []))
             cfg = os.path.join("configs", f"{prefix}_{base}.yaml")
+            more = more + epochs_override(os.path.join(ROOT, cfg), args.epochs)
             rep, wall = run_one(cfg, seed, f"{prefix}-{v}-s{seed}", args.out, extra + more, not args.fresh)
             results[v].append((metrics(rep, eps), wall))
             m = results[v][-1][0]
@@ -128,7 +154,9 @@ def main():
     cmd = " ".join(["python bench/langevin_table.py"] + sys.argv[1:])
     header = (f"{prefix}, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), `{cmd}`: {total / 60:.1f} min in all "
               f"on a shared 2-core CPU (load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
-              f"timings are noisy), {time.strftime('%Y-%m-%d', time.gmtime())}.")
+              f"timings are noisy), {time.strftime('%Y-%m-%d', time.gmtime())}. Every run: "
+              f"`{' '.join(extra)}`" + (f" (train.epochs = {args.epochs} + the Hebbian phase for hebbian)"
+                                         if args.epochs is not None else "") + ".")
     text = header + "\n\n" + tab + ("\n\n" + "\n".join(f"- {n}" for n in notes) if notes else "")
     print("\n" + text)
     os.makedirs(args.out, exist_ok=True)
@@ -137,7 +165,9 @@ def main():
     if args.write_docs:
         path = os.path.join(ROOT, "docs", "methods.md")
         doc = open(path).read()
-        start, end = f"<!-- {args.marker}:start -->", f"<!-- {args.marker}:end -->"
+        start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
+        if start not in doc or end not in doc:
+            sys.exit(f"docs/methods.md has no section {start} ... {end}: add the two markers first")
         a, b = doc.index(start) + len(start), doc.index(end)
         with open(path, "w") as f:
             f.write(doc[:a] + "\n" + text + "\n" + doc[b:])

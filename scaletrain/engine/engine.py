@@ -405,7 +405,7 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
     opt = make_opt(param_groups(model))
     ds_engine, _, _, _ = deepspeed.initialize(model=model, optimizer=opt, config=deepspeed_config(cfg, dist.world_size),
                                               dist_init_required=False)
-    if cfg.engine.precision != "fp32" and int(cfg.engine.zero_stage) == 3:
+    if cfg.engine.precision != "fp32":
         _cast_float_buffers(ds_engine.module, _DTYPES[cfg.engine.precision])
     eng = Engine(cfg, model, opt, dist, ga, ds_engine=ds_engine)
     eng._apply_lr()
@@ -414,8 +414,10 @@ def build_engine(cfg, model: torch.nn.Module, dist: DistInfo,
 
 
 def _cast_float_buffers(module: torch.nn.Module, dtype: torch.dtype) -> None:
-    """ZeRO-3 casts the parameters to bf16/fp16 but leaves the buffers fp32 (stages 0-2 cast the
-    whole module); BatchNorm's eval forward then fails on mixed dtypes. Match stages 0-2."""
+    """DeepSpeed's bf16/fp16 modes cast the parameters but leave the buffers fp32 (seen at every ZeRO
+    stage with deepspeed on CPU); BatchNorm's eval forward then fails on bf16 weights with fp32
+    running statistics ("expected scalar type BFloat16 but found Float"). Cast the float buffers
+    to the parameters' dtype."""
     for buf in module.buffers():
         if buf.is_floating_point() and buf.dtype != dtype:
             buf.data = buf.data.to(dtype)

@@ -1,4 +1,4 @@
-"""Every shipped recipe loads and validates (stages included); the two-stage digits recipe trains
+"""Every shipped config (configs/*.yaml) and recipe loads and validates (stages included); the two-stage digits recipe trains
 end to end through the CLI, and its report shows both stages with their compute."""
 import glob
 import json
@@ -14,8 +14,9 @@ from scaletrain.engine.stages import plan_stages
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-@pytest.mark.parametrize("path", [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
-                                  if os.path.basename(os.path.dirname(p)) in ("digits", "mnist", "imagenet")])
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(ROOT, "configs", "*.yaml"))) +
+                         [p for p in sorted(glob.glob(os.path.join(ROOT, "configs", "*", "*.yaml")))
+                          if os.path.basename(os.path.dirname(p)) in ("digits", "mnist", "imagenet")])
 def test_recipe_loads(path):
     cfg = load_config(path)
     for s in plan_stages(cfg):
