@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -181,39 +182,54 @@ def wong_protocol(a, model, dest):
             "wong_eval_seconds": r["seconds"]}
 
 
+def _uptime():
+    return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
+
+
 def speed(a):
-    """scaletrain's fast-AT steps/s over the plain loop's, both for --speed-epochs epochs (600 steps
-    each), started together with --threads threads each, `uptime` before and after."""
+    """scaletrain's fast-AT steps/s over the plain loop's: --speed-epochs epochs (600 steps each) of the same
+    recipe, --threads threads, run one after the other in the order plain, scaletrain, plain, scaletrain
+    (the machine's load drifts; two pairs show how much), `uptime` before each run. Steps/s are of the
+    training loops only (start-up and final evaluation excluded, for both)."""
     dest = os.path.join(a.out, "speed.json")
     if os.path.exists(dest) and not a.fresh:
         with open(dest) as f:
             return json.load(f)
-    name = "speed_fast_at"
-    o = fast_at_overrides(a)
-    o = [v for v in o if not v.startswith(("name=", "train.epochs=", "optim.warmup_steps="))]
-    o += [f"name={name}", f"train.epochs={a.speed_epochs}", f"optim.warmup_steps={a.speed_epochs * 600 * 2 // 5}",
-          "resume=never"]
-    up = [subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()]
-    print(up[0], flush=True)
-    pj = os.path.join(a.out, "speed_plain.json")
-    procs = [sh([sys.executable, "-m", "scaletrain.cli", "train", *o], os.path.join(a.out, f"{name}.log")),
-             sh(plain_cmd(a, pj, "--epochs", str(a.speed_epochs), "--eval-samples", "0"),
-                os.path.join(a.out, "speed_plain.log"))]
-    for p in procs:
-        if p.wait() != 0:
-            sys.exit("speed run failed: see bench/out logs")
-    up.append(subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip())
-    print(up[1], flush=True)
-    st = train_info(a, name)
-    with open(pj) as f:
-        pl = json.load(f)
-    r = {"steps": st["steps"], "scaletrain_seconds": st["seconds"], "plain_seconds": pl["seconds"],
-         "scaletrain_steps_per_s": st["steps"] / st["seconds"], "plain_steps_per_s": pl["steps_per_s"],
-         "threads": a.threads, "uptime": up}
-    r["ratio"] = r["scaletrain_steps_per_s"] / r["plain_steps_per_s"]
+    o = [v for v in fast_at_overrides(a) if not v.startswith(("name=", "train.epochs=", "optim.warmup_steps="))]
+    o += [f"train.epochs={a.speed_epochs}", f"optim.warmup_steps={a.speed_epochs * 600 * 2 // 5}"]
+    runs = []
+    for k in range(2):
+        for kind in ("plain", "scaletrain"):
+            name = f"speed_{kind}_{k}"
+            up = _uptime()
+            print(up, flush=True)
+            if kind == "plain":
+                pj = os.path.join(a.out, f"{name}.json")
+                p = sh(plain_cmd(a, pj, "--epochs", str(a.speed_epochs), "--eval-samples", "0"),
+                       os.path.join(a.out, f"{name}.log"))
+            else:
+                run = os.path.join(a.out, name)
+                if os.path.exists(run):
+                    shutil.rmtree(run)      # a fresh run every time (no resume of a finished one)
+                p = sh([sys.executable, "-m", "scaletrain.cli", "train", f"name={name}", *o],
+                       os.path.join(a.out, f"{name}.log"))
+            if p.wait() != 0:
+                sys.exit(f"speed run failed: see {a.out}/{name}.log")
+            if kind == "plain":
+                with open(pj) as f:
+                    r = json.load(f)
+                runs.append({"kind": kind, "steps": r["steps"], "seconds": r["seconds"], "uptime": up})
+            else:
+                r = train_info(a, name)
+                runs.append({"kind": kind, "steps": r["steps"], "seconds": r["seconds"], "uptime": up})
+    for r in runs:
+        r["steps_per_s"] = r["steps"] / r["seconds"]
+    ratios = [runs[i + 1]["steps_per_s"] / runs[i]["steps_per_s"] for i in (0, 2)]
+    res = {"runs": runs, "pair_ratios": ratios, "ratio": sum(ratios) / 2, "threads": a.threads,
+           "steps": runs[0]["steps"], "uptime_end": _uptime()}
     with open(dest, "w") as f:
-        json.dump(r, f, indent=1)
-    return r
+        json.dump(res, f, indent=1)
+    return res
 
 
 def table(res):
@@ -236,7 +252,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=os.path.join(ROOT, "..", "shared", "data", "mnist"))
     p.add_argument("--out", default=os.path.join(HERE, "out", "mnist"))
-    p.add_argument("--pgd-epochs", type=int, default=3,
+    p.add_argument("--pgd-epochs", type=int, default=1,
                    help="epochs of Wong et al.'s PGD-40 mode with the cyclic schedule (their fast-AT budget: 10)")
     p.add_argument("--madry-epochs", type=int, default=0,
                    help="epochs of the published PGD row's recipe (Adam 1e-4 flat, batch 50; published: 100); "
@@ -299,9 +315,9 @@ def main(argv=None):
         json.dump(res, f, indent=1)
     print(table(res))
     sp = res["speed"]
-    print(f"speed, paired {sp['steps']}-step runs, {sp['threads']} thread(s) each: scaletrain / plain steps/s = "
-          f"{sp['ratio']:.3f} ({sp['scaletrain_steps_per_s']:.2f} vs {sp['plain_steps_per_s']:.2f}); "
-          f"uptime before/after: {sp['uptime']}")
+    print(f"speed, {sp['steps']}-step runs, {sp['threads']} thread(s), plain / scaletrain / plain / scaletrain: "
+          + ", ".join(f"{r['kind']} {r['steps_per_s']:.2f} steps/s ({r['uptime']})" for r in sp["runs"])
+          + f"; scaletrain / plain = {sp['ratio']:.3f} (pairs {sp['pair_ratios'][0]:.3f}, {sp['pair_ratios'][1]:.3f})")
 
 
 if __name__ == "__main__":
