@@ -243,7 +243,8 @@ def table(res):
         aa = f"{r['aa']:.2f} (n={r['aa_n']})" if "aa" in r else "-"
         secs = f"{r['seconds']:.0f}" if "seconds" in r else "-"
         lines.append(f"| {name} | {r.get('epochs', '-')} | {r.get('steps', '-')} | {secs} | "
-                     f"{f('clean') if 'clean' in r else f('wong_clean')} | {f('pgd')}{n('n')} | {f('wong')}{n('wong_n')} | "
+                     f"{f('clean') if 'clean' in r else f('wong_clean')} | {f('pgd')}{n('n')} | "
+                     f"{f('wong')}{n('wong_n')} | "
                      f"{f('wong_any_restart')} | {aa} | {pub or ''} |")
     return "\n".join(lines)
 

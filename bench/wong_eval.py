@@ -138,7 +138,8 @@ def main(argv=None):
     p.add_argument("--restarts", type=int, default=10)
     p.add_argument("--batch-size", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=1, help="torch threads (2 was 4x slower on the loaded 2-core machine)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (2 were 4x slower than 1 on the loaded 2-core machine)")
     p.add_argument("--json", default=None)
     a = p.parse_args(argv)
     model = load_model(a.model)
