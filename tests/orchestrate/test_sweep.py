@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -297,10 +298,19 @@ def test_optuna_sweep_on_ray_tune(ray_local, tmp_path, data_root):
     assert len({r["optim.lr"] for r in rows}) == 3    # three distinct proposals
     res = json.loads((folder / "results.json").read_text())
     assert res["best"]["clean_acc"] == max(float(r["clean_acc"]) for r in rows)
-    # the same command again: every trial finished, nothing runs (resume)
+    # resume: t002 as if cut off before it ended (only its claimed values are left); the same command
+    # tells Optuna t000/t001, re-runs t002 with its own values in its own folder, and nothing else
+    for p in (folder / "trials" / "t002").iterdir():
+        if p.name != "trial_params.json":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     assert main(["sweep", f]) == 0
     inv = [json.loads(line) for line in open(folder / "invocations.jsonl")]
-    assert inv[1]["to_run"] == 0 and sorted(inv[1]["skipped"]) == ["t000", "t001", "t002"]
+    assert inv[1]["to_run"] == 1 and inv[1]["pending"] == ["t002"] and sorted(inv[1]["skipped"]) == ["t000", "t001"]
+    again = {r["id"]: r for r in _rows(str(folder))}
+    assert sorted(again) == ["t000", "t001", "t002"] and again["t002"]["status"] == "ok"
+    before = {r["id"]: r for r in rows}
+    assert again["t002"]["optim.lr"] == before["t002"]["optim.lr"]
+    assert again["t002"]["model.width"] == before["t002"]["model.width"]
 
 
 @pytest.mark.ray
