@@ -105,6 +105,7 @@ class MethodConfig:
     name: str = "pgd_at"           # standard | pgd_at | fast_at | free_at | trades | mart | ... (scaletrain.methods.available())
     attack: AttackConfig = field(default_factory=AttackConfig) # the inner attack for adversarial methods
     beta: Optional[float] = None   # trades / mart: weight of the robust term (None = 6.0, the papers' value)
+    huber_delta: Optional[float] = None  # huber: threshold delta of the Huber loss on p_c - t_c, > 0 (None = 1.0: half the Brier score)
     clean_weight: float = 0.0      # adversarial methods: loss = (1 - w) adversarial + w clean (0 = pure adversarial)
     label_smoothing: float = 0.0   # label smoothing of the cross-entropy terms (standard, pgd_at, fast_at, free_at)
     attack_target: str = "label"   # label | prediction: attack the model's own clean prediction (no label leaking)

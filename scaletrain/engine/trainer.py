@@ -14,7 +14,7 @@
 
 A method (scaletrain.methods.Method) declares its events; only declared events are called.
 `ctx.rng` gives per-sample random numbers keyed by (method seed, step, replay, global sample
-index), the same on 1 and N ranks; the model's random layers (DropBlock, VIB: rng.SampleKeyedLayer)
+index), the same on 1 and N ranks; the model's random layers (DropBlock, VIB, SDE: rng.SampleKeyedLayer)
 draw from forks of the same streams, bound for the step (`bind_sample_rng`) and unbound after it.
 `ctx.request_rollback()` reloads the newest checkpoint and continues from it (a
 catastrophic-overfitting guard); with several ranks every rank must request it at the same

@@ -1,4 +1,4 @@
-"""Model layers that draw noise in training (DropBlock, the VIB head) take per-sample streams keyed by
+"""Model layers that draw noise in training (DropBlock, the VIB head, the neural SDE block) take per-sample streams keyed by
 global sample index from the trainer (`scaletrain.rng.bind_sample_rng`): a sample's mask / noise does
 not depend on which other samples share its micro-batch, layers draw independently, eval draws
 nothing, and an unbound layer falls back to the global torch RNG (plain PyTorch use).
@@ -6,6 +6,7 @@ The trainer path (DeepSpeed, 1 vs 2 ranks) is tests/methods/test_noise_mixing_di
 import torch
 
 from scaletrain.models.cnn import DigitsCNN
+from scaletrain.models.sde import SDEClassifier
 from scaletrain.models.dropblock import DropBlock2d
 from scaletrain.models.vib import apply_vib
 from scaletrain.rng import SampleRNG, bind_sample_rng
@@ -67,3 +68,22 @@ def test_a_forward_on_other_rows_is_keyed_by_the_bound_batch():
     torch.testing.assert_close(m(x), a, rtol=0, atol=0)
     bind_sample_rng(m, streams(range(104, 108)))
     assert not torch.equal(m(x), a)
+
+
+def test_sde_training_noise_depends_on_the_key_only_so_a_restarted_run_draws_the_same():
+    torch.manual_seed(0)
+    run = SDEClassifier(image_size=8, width=4, sigma=0.5, steps=2).train()
+    x = torch.rand(6, 1, 8, 8)
+    for step in range(3):                                    # the run so far
+        bind_sample_rng(run, streams(range(6 * step, 6 * step + 6), step=step))
+        run(x)
+    bind_sample_rng(run, streams(range(18, 24), step=3))
+    out = run(x)
+    restarted = SDEClassifier(image_size=8, width=4, sigma=0.5, steps=2).train()   # fresh process after a kill
+    restarted.load_state_dict(run.state_dict())
+    bind_sample_rng(restarted, streams(range(18, 24), step=3))
+    torch.testing.assert_close(restarted(x), out, rtol=0, atol=0)
+    bind_sample_rng(restarted, streams(range(21, 24), step=3))
+    torch.testing.assert_close(restarted(x[3:]), out[3:], rtol=0, atol=0)   # per sample, as on rank 1
+    bind_sample_rng(restarted, None)
+    assert not torch.equal(restarted(x), out)                # unbound: the model's own noise generator
