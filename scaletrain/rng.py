@@ -22,8 +22,9 @@ derive from `SampleKeyedLayer`. Before each training forward the trainer binds t
 streams to them with `bind_sample_rng(model, rng)` (each layer gets `rng.fork("layer", name)`,
 its qualified module name: layers draw independent numbers), and unbinds them after the step.
 A bound layer draws row i from sample i's stream; an unbound one (plain PyTorch use outside the
-trainer) draws from the global torch RNG. In eval mode these layers draw nothing (the model
-decides: DropBlock is the identity, VIB uses its mean).
+trainer) draws from the global torch RNG (the SDE block: its own seeded generator). Whether a
+layer draws in eval mode is its own choice (DropBlock: identity, VIB: its mean, the SDE: only
+with test_noise).
 Plain PyTorch: attacks, methods, models and the trainer import it; it imports nothing of ours.
 """
 from __future__ import annotations

@@ -75,6 +75,14 @@ def _table(cls) -> List[str]:
     return lines
 
 
+METHOD_KWARGS = """
+## `method.kwargs` (options of built-in methods that keep their own)
+
+Most built-in methods take typed keys of `method` (above) and refuse `method.kwargs`. These
+keep a set of their own in `method.kwargs`, typed by the method's dataclass: an unknown option,
+a wrong type or a value out of range stops the run at load naming `method.kwargs.<option>` (exit 2).
+"""
+
 ADDONS = """
 ## `method.extra[i].kwargs` (options of the built-in add-ons)
 
@@ -85,14 +93,14 @@ range stops the run at load naming `method.extra.<i>.kwargs.<option>` (exit 2).
 """
 
 
-def _addon_options():
-    """(name, options dataclass) of the built-in add-ons (methods without Event.LOSS) that take options."""
+def _method_options(loss: bool):
+    """(name, options dataclass) of the built-in loss methods (`loss`) or add-ons that take options."""
     from ..methods import METHODS, Event, available
     out = []
     for name in available():
         cls = METHODS.get(name)
         opts = getattr(cls, "Options", None)
-        if (cls.__module__.startswith("scaletrain.") and Event.LOSS not in cls.events
+        if (cls.__module__.startswith("scaletrain.") and (Event.LOSS in cls.events) == loss
                 and dataclasses.is_dataclass(opts) and dataclasses.fields(opts)):
             out.append((name, opts))
     return out
@@ -107,10 +115,11 @@ def render() -> str:
         if doc and not doc.startswith(name + "("):
             lines.append(doc + "\n")
         lines += _table(cls)
-    lines.append(ADDONS)
-    for name, opts in _addon_options():
-        lines.append(f"\n### `{name}` ({opts.__name__})\n")
-        lines += _table(opts)
+    for intro, loss in ((METHOD_KWARGS, True), (ADDONS, False)):
+        lines.append(intro)
+        for name, opts in _method_options(loss):
+            lines.append(f"\n### `{name}` ({opts.__name__})\n")
+            lines += _table(opts)
     return "\n".join(lines) + "\n"
 
 

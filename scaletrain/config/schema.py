@@ -202,6 +202,7 @@ class TrainConfig:
     eval_eps: Optional[float] = None  # PGD budget of the quick eval (None = method.attack.eps; 0 = clean only)
     eval_steps: int = 5            # PGD iterations of the quick eval
     progress: bool = True          # tqdm progress bar on rank 0
+    stop_on_nonfinite: bool = True # stop with an error (exit 1) when the training loss, the weights or the quick eval's loss turn NaN/inf; false trains on
 
 
 @dataclass

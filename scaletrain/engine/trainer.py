@@ -35,6 +35,7 @@ from omegaconf import OmegaConf
 
 from . import dist as D
 from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
+from .guards import FiniteLossGuard
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
 from .preempt import Preempted, StopCoordinator
@@ -100,6 +101,8 @@ class Trainer:
         self.cfg, self.engine, self.method, self.data, self.tracker = cfg, engine, _as_method(method), data, tracker
         self.run_dir = run_dir or os.path.join(cfg.out_dir, cfg.name)
         self.hooks = list(hooks) if hooks is not None else active_hooks()
+        if cfg.train.stop_on_nonfinite and not any(isinstance(h, FiniteLossGuard) for h in self.hooks):
+            self.hooks.append(FiniteLossGuard())
         self.method_factory, self.eval_fn = method_factory, eval_fn
         self.stages = plan_stages(cfg)
         self.stage_rt = StageRuntime(cfg, engine, self.stages)

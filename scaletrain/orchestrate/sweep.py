@@ -36,12 +36,10 @@ import traceback
 from dataclasses import asdict
 from typing import Any, Dict, List, Optional
 
-import torch
 from omegaconf import OmegaConf
 
 from ..config import config_from_dict, to_dict
 from ..config.schema import SweepConfig
-from ..engine.dist import all_reduce_sum
 from ..engine.hooks import use_hooks
 from ..errors import UserError
 from ..run import train_worker
@@ -49,6 +47,7 @@ from ..runs import resolve_run_dir
 from .ray_train import _absolute
 from . import sweep_optuna
 from .sweep_spec import SweepSpec, Trial, expand, load_sweep, probe_points, trial_config
+from .trial_failures import FiniteLossGuard, error_line
 
 RECORD = "trial.json"
 DRIVER_CPUS = 0.01
@@ -69,39 +68,6 @@ def epoch_metrics(trainer, metrics: Dict[str, Any]) -> Dict[str, Any]:
     done = sum(s.epochs for s in trainer.stages[:metrics.get("stage", 0)]) + metrics.get("epoch", 0) + 1
     out["epochs_done"] = done
     return out
-
-
-class FiniteLossGuard:
-    """Trainer hook: a non-finite training loss ends the run with an error. It runs on every rank
-    (a multi-worker trial passes it to its Ray Train workers): the logged loss is all-reduced, and
-    at each epoch end the ranks all-reduce a flag for the weights and the quick eval's loss, so
-    all ranks raise together (also when the epoch had fewer steps than train.log_every)."""
-
-    def on_log(self, trainer, metrics, step):
-        if not math.isfinite(float(metrics.get("loss", 0.0))):
-            raise FloatingPointError(f"training loss is {metrics['loss']} at step {step} (non-finite: the "
-                                     f"run diverged)")
-
-    def on_epoch_end(self, trainer, metrics):
-        params = [p for p in trainer.engine.module.parameters() if p.numel()]
-        bad = not all(bool(torch.isfinite(p.detach()).all()) for p in params) or \
-            not math.isfinite(float(metrics.get("val_loss", 0.0)))
-        if all_reduce_sum([float(bad)])[0] > 0:
-            raise FloatingPointError(f"training loss is non-finite: weights or eval loss are NaN/inf after "
-                                     f"epoch {metrics.get('epoch', 0) + 1} of stage {metrics.get('stage', 0)} "
-                                     f"(step {trainer.engine.global_step}; the run diverged)")
-
-
-def error_line(e: BaseException) -> str:
-    """One line naming the error. A multi-worker trial's `TrainingFailedError` wraps the worker's
-    traceback: the line of the worker's own exception is the informative one."""
-    lines = [ln.strip() for ln in f"{type(e).__name__}: {e}".splitlines() if ln.strip()]
-    if type(e).__module__.startswith("ray."):
-        for ln in reversed(lines[1:]):
-            head = ln.split(":", 1)[0]
-            if head.endswith(("Error", "Exception")) and " " not in head and "TrainingFailed" not in head:
-                return ln
-    return lines[0] if lines else type(e).__name__
 
 
 def _write_json(path: str, data: Dict[str, Any]) -> None:
@@ -326,7 +292,8 @@ def execute(spec: SweepSpec) -> Dict[str, Any]:
     with open(log, "a") as f:
         f.write(json.dumps({"time": time.time(), "pending": [t.id for t in pending], "to_run": n_new,
                             "skipped": [t.id for t in trials if t not in pending]}) + "\n")
-    print(f"sweep {spec.sweep.name}: {len(trials)} trials so far, {len(trials) - len(pending)} already finished, "
+    print(f"sweep {spec.sweep.name}: {len(trials)} trials{' so far' if optuna else ''}, "
+          f"{len(trials) - len(pending)} already finished, "
           f"running {n_new}; folder {spec.folder}", flush=True)
     if n_new > 0:
         if optuna:

@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -280,7 +281,7 @@ def test_optuna_missing_exits_2_saying_how_to_install(tmp_path, data_root, monke
 @pytest.mark.timeout(300)
 def test_optuna_sweep_on_ray_tune(ray_local, tmp_path, data_root):
     pytest.importorskip("optuna")
-    f = _sweep_file(tmp_path, data_root, name="opt", search="optuna", num_samples=3, seed=1, concurrency=2,
+    f = _sweep_file(tmp_path, data_root, name="opt", search="optuna", num_samples=2, seed=1, concurrency=2,
                     metric="clean_acc", space={"optim.lr": {"loguniform": [3e-3, 3e-2]},
                                                "model.width": {"randint": [6, 10]}},
                     overrides=dict(TINY, **{"data.root": data_root, "train.epochs": 1, "tracking.wandb": False,
@@ -288,19 +289,28 @@ def test_optuna_sweep_on_ray_tune(ray_local, tmp_path, data_root):
     assert main(["sweep", f]) == 0
     folder = tmp_path / "sweeps" / "opt"
     rows = _rows(str(folder))
-    assert sorted(r["id"] for r in rows) == ["t000", "t001", "t002"]
+    assert sorted(r["id"] for r in rows) == ["t000", "t001"]
     for r in rows:
         assert r["status"] == "ok" and float(r["clean_acc"]) > 0.3, r
         assert 3e-3 <= float(r["optim.lr"]) <= 3e-2 and 6 <= int(r["model.width"]) <= 9
         cfg = yaml.safe_load((folder / "trials" / r["id"] / "config.yaml").read_text())
         assert cfg["optim"]["lr"] == pytest.approx(float(r["optim.lr"])) and cfg["model"]["width"] == int(r["model.width"])
-    assert len({r["optim.lr"] for r in rows}) == 3    # three distinct proposals
+    assert rows[0]["optim.lr"] != rows[1]["optim.lr"]     # two distinct proposals
     res = json.loads((folder / "results.json").read_text())
     assert res["best"]["clean_acc"] == max(float(r["clean_acc"]) for r in rows)
-    # the same command again: every trial finished, nothing runs (resume)
+    # resume: t001 as if cut off before it ended (only its claimed values are left); the same command
+    # tells Optuna t000, re-runs t001 with its own values in its own folder, and nothing else
+    for p in (folder / "trials" / "t001").iterdir():
+        if p.name != "trial_params.json":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
     assert main(["sweep", f]) == 0
     inv = [json.loads(line) for line in open(folder / "invocations.jsonl")]
-    assert inv[1]["to_run"] == 0 and sorted(inv[1]["skipped"]) == ["t000", "t001", "t002"]
+    assert inv[1]["to_run"] == 1 and inv[1]["pending"] == ["t001"] and inv[1]["skipped"] == ["t000"]
+    again = {r["id"]: r for r in _rows(str(folder))}
+    assert sorted(again) == ["t000", "t001"] and again["t001"]["status"] == "ok"
+    before = {r["id"]: r for r in rows}
+    assert again["t001"]["optim.lr"] == before["t001"]["optim.lr"]
+    assert again["t001"]["model.width"] == before["t001"]["model.width"]
 
 
 @pytest.mark.ray
