@@ -49,7 +49,7 @@ PUBLISHED = {"fast_at": "98.50 / 88.77", "fast_at_plain": "98.50 / 88.77", "madr
 
 
 def common(a, name):
-    return [f"name={name}", f"out_dir={a.out}", "resume=auto", "seed=0",
+    return [f"name={name}", f"out_dir={a.out}", "resume=auto", f"seed={a.seed}",
             "data.source=idx", f"data.path={os.path.abspath(a.data)}", f"data.root={a.out}/data-official",
             "data.split=official", "data.val_fraction=0.0", "data.shard_samples=2000", "data.shuffle_buffer=10000",
             "data.eval_batch_size=1000",
@@ -114,7 +114,7 @@ def sh(cmd, log):
 
 def plain_cmd(a, json_path, *extra):
     return [sys.executable, os.path.join(HERE, "plain_fast_at.py"), "--data", a.data, "--threads", str(a.threads),
-            "--json", json_path, *extra]
+            "--seed", str(a.seed), "--json", json_path, *extra]
 
 
 def train(a, name, overrides, plain=False):
@@ -259,6 +259,7 @@ def main(argv=None):
                    help="epochs of the published PGD row's recipe (Adam 1e-4 flat, batch 50; published: 100); "
                         "0 skips it (1 epoch stays at chance)")
     p.add_argument("--full", action="store_true", help="the published PGD row's recipe at 100 epochs (needs a GPU)")
+    p.add_argument("--seed", type=int, default=0, help="training seed of every run (use its own --out per seed)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=1, help="torch threads of each training process")
     p.add_argument("--eval-threads", type=int, default=1, help="eval.cpu_threads and wong_eval.py --threads")

@@ -132,6 +132,7 @@ def main(argv=None):
     p.add_argument("model", help="scaletrain run folder / its model.pt, or a plain_fast_at.py --save file")
     p.add_argument("--data", default=os.path.join(HERE, "..", "..", "shared", "data", "mnist"))
     p.add_argument("--n", type=int, default=10000, help="first N official test images (all: 10000)")
+    p.add_argument("--skip", type=int, default=0, help="start at this test image (split a run over processes)")
     p.add_argument("--eps", type=float, default=0.3)
     p.add_argument("--alpha", type=float, default=0.01)
     p.add_argument("--iters", type=int, default=50)
@@ -145,8 +146,9 @@ def main(argv=None):
     model = load_model(a.model)
     torch.set_num_threads(a.threads)          # after load_run, which sets the run's own count
     x, y = load(a.data, "t10k")
-    r = wong_evaluate(model, x[:a.n], y[:a.n], a.eps, a.alpha, a.iters, a.restarts, a.batch_size, a.seed)
-    r["model"] = os.path.abspath(a.model)
+    x, y = x[a.skip:a.skip + a.n], y[a.skip:a.skip + a.n]
+    r = wong_evaluate(model, x, y, a.eps, a.alpha, a.iters, a.restarts, a.batch_size, a.seed)
+    r["model"], r["skip"] = os.path.abspath(a.model), a.skip
     print(json.dumps(r, indent=1), flush=True)
     if a.json:
         os.makedirs(os.path.dirname(os.path.abspath(a.json)), exist_ok=True)
