@@ -8,6 +8,7 @@ the unclipped start x + delta (scaletrain: fgsm_rs with clip_start=false); `--cl
 start to [0, 1] first (scaletrain's default FGSM-RS).
 
     python bench/plain_fast_at.py --data ../shared/data/mnist [--epochs 10] [--threads 1] [--json out.json]
+        [--save model.pt] [--max-steps N]
 """
 from __future__ import annotations
 
@@ -69,7 +70,7 @@ def pgd_accuracy(model, x, y, eps=0.3, alpha=0.01, steps=20, bs=500):
 
 
 def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, threads=1, eval_samples=1000,
-          clip_start=False):
+          clip_start=False, save=None, max_steps=None):
     torch.set_num_threads(threads)
     torch.manual_seed(seed)
     x, y = load(data, "train")
@@ -81,9 +82,13 @@ def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, th
     step = 0
     t0 = time.perf_counter()
     for ep in range(epochs):
+        if max_steps is not None and step >= max_steps:
+            break
         perm = torch.randperm(len(x))
         model.train()
         for i in range(0, len(x) - bs + 1, bs):
+            if max_steps is not None and step >= max_steps:
+                break
             idx = perm[i:i + bs]
             xb, yb = x[idx], y[idx]
             # triangular schedule 0 -> lr_max (2/5 of the steps) -> 0, set before each step
@@ -97,10 +102,12 @@ def train(data, epochs=10, bs=100, eps=0.3, alpha=0.375, lr_max=5e-3, seed=0, th
             opt.step()
             step += 1
     seconds = time.perf_counter() - t0
+    if save:
+        torch.save(model.state_dict(), save)
     model.eval()
     with torch.no_grad():
         clean = float((model(xt).argmax(1) == yt).float().mean())
-    pgd = pgd_accuracy(model, xt[:eval_samples], yt[:eval_samples])
+    pgd = pgd_accuracy(model, xt[:eval_samples], yt[:eval_samples]) if eval_samples else None
     return {"steps": step, "seconds": seconds, "steps_per_s": step / seconds, "clean": clean,
             f"pgd20_first{eval_samples}": pgd, "threads": threads, "epochs": epochs, "clip_start": clip_start}
 
@@ -113,8 +120,13 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None)
     p.add_argument("--clip-start", action="store_true")
+    p.add_argument("--save", default=None, help="write the trained state dict here (bench/wong_eval.py reads it)")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps (speed runs; the "
+                   "learning-rate schedule still spans --epochs)")
+    p.add_argument("--eval-samples", type=int, default=1000, help="PGD-20 check on the first N test images")
     a = p.parse_args(argv)
-    r = train(a.data, epochs=a.epochs, threads=a.threads, seed=a.seed, clip_start=a.clip_start)
+    r = train(a.data, epochs=a.epochs, threads=a.threads, seed=a.seed, clip_start=a.clip_start, save=a.save,
+              max_steps=a.max_steps, eval_samples=a.eval_samples)
     print(json.dumps(r, indent=1), flush=True)
     if a.json:
         with open(a.json, "w") as f:

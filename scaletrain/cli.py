@@ -155,6 +155,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Preempted as e:  # checkpoint written: rerun with resume=auto (docs/engine.md)
         print(f"scaletrain {ns.command}: {e} (exit {e.exit_code})", file=sys.stderr)
         return e.exit_code
+    except FloatingPointError as e:  # engine/guards.py: the run diverged (train.stop_on_nonfinite)
+        print(f"scaletrain {ns.command}: error: {e}. The checkpoints written before it are kept; "
+              "lower optim.lr (or set train.stop_on_nonfinite=false to train on)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"scaletrain {ns.command}: interrupted", file=sys.stderr)
         return 130

@@ -16,7 +16,16 @@ Each call to `rand`/`randn` advances a draw counter, so calling the same sequenc
 gives the same numbers; different calls give independent numbers. Numbers are drawn on the
 CPU (one small generator per sample) and moved to `device`: cheap for the per-batch draws of
 training (attack starts, noise, mixing), exact across CPU/GPU and world sizes.
-Plain PyTorch: attacks, methods and the trainer import it; it imports nothing of ours.
+
+Model layers that draw random numbers in training (DropBlock, the VIB head, the SDE block)
+derive from `SampleKeyedLayer`. Before each training forward the trainer binds the step's
+streams to them with `bind_sample_rng(model, rng)` (each layer gets `rng.fork("layer", name)`,
+its qualified module name: layers draw independent numbers), and unbinds them after the step.
+A bound layer draws row i from sample i's stream; an unbound one (plain PyTorch use outside the
+trainer) draws from the global torch RNG (the SDE block: its own seeded generator). Whether a
+layer draws in eval mode is its own choice (DropBlock: identity, VIB: its mean, the SDE: only
+with test_noise).
+Plain PyTorch: attacks, methods, models and the trainer import it; it imports nothing of ours.
 """
 from __future__ import annotations
 
@@ -25,6 +34,7 @@ import struct
 from typing import Optional, Sequence
 
 import torch
+from torch import nn
 
 
 def mix_seed(*parts) -> int:
@@ -94,6 +104,53 @@ class SampleRNG:
     def randn(self, shape, device=None, dtype=None) -> torch.Tensor:
         """Standard normal numbers of `shape` (first dimension = samples)."""
         return self._draw_rows(torch.randn, shape, device, dtype)
+
+
+class SampleKeyedLayer:
+    """Mixin of model layers that draw random numbers in training (put it before nn.Module).
+
+    `sample_rand` / `sample_randn` draw fp32 numbers of `shape` (first dimension = the batch):
+    from the bound per-sample streams when the batch is the bound samples; for a forward on other
+    rows (a subset or a concatenation of the batch) from one generator keyed by the bound streams,
+    the row count and the draw number (the same on 1 and N ranks, whose micro-batches hold the same
+    samples); from the global torch RNG when nothing is bound."""
+
+    _sample_rng: Optional[SampleRNG] = None
+
+    def bind_rng(self, rng: Optional[SampleRNG]) -> None:
+        self._sample_rng = rng
+
+    @property
+    def rng_bound(self) -> bool:
+        """Whether the trainer bound per-sample streams (inside a training step)."""
+        return self._sample_rng is not None
+
+    def _sample_draw(self, fn, shape, device) -> torch.Tensor:
+        rng, shape = self._sample_rng, tuple(int(s) for s in shape)
+        if rng is None:
+            return fn(shape, device=device, dtype=torch.float32)
+        if shape[0] == len(rng):
+            return rng._draw_rows(fn, shape, device, torch.float32)
+        g = rng.generator("rows", shape[0], "draw", rng._draw)
+        rng._draw += 1
+        return fn(shape, generator=g, dtype=torch.float32).to(device)
+
+    def sample_rand(self, shape, device=None) -> torch.Tensor:
+        return self._sample_draw(torch.rand, shape, device)
+
+    def sample_randn(self, shape, device=None) -> torch.Tensor:
+        return self._sample_draw(torch.randn, shape, device)
+
+
+def bind_sample_rng(model: nn.Module, rng: Optional[SampleRNG]) -> int:
+    """Bind `rng.fork("layer", name)` to every `SampleKeyedLayer` of `model` (None unbinds);
+    returns how many layers there are."""
+    n = 0
+    for name, m in model.named_modules():
+        if isinstance(m, SampleKeyedLayer):
+            m.bind_rng(None if rng is None else rng.fork("layer", name))
+            n += 1
+    return n
 
 
 def rand(shape, generator=None, device=None, dtype=torch.float32) -> torch.Tensor:

@@ -9,7 +9,7 @@ import os
 from typing import Iterable, Optional, Sequence
 
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, StringNode
 from omegaconf.errors import OmegaConfBaseException
 
 from ..errors import ConfigError
@@ -56,6 +56,28 @@ def _parse_overrides(overrides: Sequence[str]) -> DictConfig:
         raise ConfigError(_describe(e, "overrides")) from None
 
 
+def _keep_strings_verbatim(cfg: DictConfig, overrides: Sequence[str]) -> None:
+    """A string-typed key takes the override's text as written: YAML would read `name=on` as the
+    boolean true (stored as 'True'), `name=0x10` as 16 and `name=010` as 8. Quotes are removed;
+    null/~ stay None for optional keys."""
+    for o in overrides:
+        key, raw = o.split("=", 1)
+        key = key.lstrip("+~")
+        try:
+            node = cfg._get_node(key) if "." not in key else OmegaConf.select(cfg, key.rsplit(".", 1)[0],
+                                                                              throw_on_missing=False)
+            if "." in key:
+                node = node._get_node(key.rsplit(".", 1)[1]) if isinstance(node, DictConfig) else None
+        except OmegaConfBaseException:
+            continue
+        if not isinstance(node, StringNode) or raw.strip() in ("null", "~", ""):
+            continue
+        text = raw.strip()
+        if len(text) >= 2 and text[0] == text[-1] and text[0] in "'\"":
+            text = text[1:-1]
+        OmegaConf.update(cfg, key, text, merge=False)
+
+
 def _check_key_exists(cfg: DictConfig, key: str) -> None:
     """Name the whole override key (not just its first unknown part) and suggest a fix."""
     node = cfg
@@ -94,6 +116,7 @@ def load_config(path: Optional[str] = None, overrides: Iterable[str] = ()) -> Di
             cfg = OmegaConf.merge(cfg, dotlist)
         except OmegaConfBaseException as e:
             raise ConfigError(_describe(e, "override")) from None
+        _keep_strings_verbatim(cfg, overrides)
     apply_stage_overrides(cfg, stage_items)
     try:
         OmegaConf.resolve(cfg)

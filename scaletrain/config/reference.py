@@ -65,6 +65,47 @@ def _type(f: dataclasses.Field) -> str:
     return t.replace("|", "/")
 
 
+def _table(cls) -> List[str]:
+    lines = ["| key | type | default | meaning |", "|---|---|---|---|"]
+    notes = _comments(cls)
+    for f in dataclasses.fields(cls):
+        d = _default(f)
+        d = d if d.startswith("section ") else f"`{d}`"
+        lines.append(f"| `{f.name}` | `{_type(f)}` | {d} | {notes.get(f.name, '')} |")
+    return lines
+
+
+METHOD_KWARGS = """
+## `method.kwargs` (options of built-in methods that keep their own)
+
+Most built-in methods take typed keys of `method` (above) and refuse `method.kwargs`. These
+keep a set of their own in `method.kwargs`, typed by the method's dataclass: an unknown option,
+a wrong type or a value out of range stops the run at load naming `method.kwargs.<option>` (exit 2).
+"""
+
+ADDONS = """
+## `method.extra[i].kwargs` (options of the built-in add-ons)
+
+Each add-on composed through `method.extra` (docs/methods.md) takes its options as
+`kwargs` of its entry, e.g. `method.extra=[{name: cutmix, kwargs: {alpha: 0.5}}]`. They are
+typed by the add-on's own dataclass: an unknown option, a wrong type or a value out of
+range stops the run at load naming `method.extra.<i>.kwargs.<option>` (exit 2).
+"""
+
+
+def _method_options(loss: bool):
+    """(name, options dataclass) of the built-in loss methods (`loss`) or add-ons that take options."""
+    from ..methods import METHODS, Event, available
+    out = []
+    for name in available():
+        cls = METHODS.get(name)
+        opts = getattr(cls, "Options", None)
+        if (cls.__module__.startswith("scaletrain.") and (Event.LOSS in cls.events) == loss
+                and dataclasses.is_dataclass(opts) and dataclasses.fields(opts)):
+            out.append((name, opts))
+    return out
+
+
 def render() -> str:
     lines: List[str] = [HEADER]
     for name, where in SECTIONS:
@@ -73,13 +114,12 @@ def render() -> str:
         doc = inspect.getdoc(cls)
         if doc and not doc.startswith(name + "("):
             lines.append(doc + "\n")
-        lines.append("| key | type | default | meaning |")
-        lines.append("|---|---|---|---|")
-        notes = _comments(cls)
-        for f in dataclasses.fields(cls):
-            d = _default(f)
-            d = d if d.startswith("section ") else f"`{d}`"
-            lines.append(f"| `{f.name}` | `{_type(f)}` | {d} | {notes.get(f.name, '')} |")
+        lines += _table(cls)
+    for intro, loss in ((METHOD_KWARGS, True), (ADDONS, False)):
+        lines.append(intro)
+        for name, opts in _method_options(loss):
+            lines.append(f"\n### `{name}` ({opts.__name__})\n")
+            lines += _table(opts)
     return "\n".join(lines) + "\n"
 
 

@@ -105,6 +105,7 @@ class MethodConfig:
     name: str = "pgd_at"           # standard | pgd_at | fast_at | free_at | trades | mart | ... (scaletrain.methods.available())
     attack: AttackConfig = field(default_factory=AttackConfig) # the inner attack for adversarial methods
     beta: Optional[float] = None   # trades / mart: weight of the robust term (None = 6.0, the papers' value)
+    huber_delta: Optional[float] = None  # huber: threshold delta of the Huber loss on p_c - t_c, > 0 (None = 1.0: half the Brier score)
     clean_weight: float = 0.0      # adversarial methods: loss = (1 - w) adversarial + w clean (0 = pure adversarial)
     label_smoothing: float = 0.0   # label smoothing of the cross-entropy terms (standard, pgd_at, fast_at, free_at)
     attack_target: str = "label"   # label | prediction: attack the model's own clean prediction (no label leaking)
@@ -201,6 +202,7 @@ class TrainConfig:
     eval_eps: Optional[float] = None  # PGD budget of the quick eval (None = method.attack.eps; 0 = clean only)
     eval_steps: int = 5            # PGD iterations of the quick eval
     progress: bool = True          # tqdm progress bar on rank 0
+    stop_on_nonfinite: bool = True # stop with an error (exit 1) when the training loss, the weights or the quick eval's loss turn NaN/inf; false trains on
 
 
 @dataclass
@@ -284,9 +286,9 @@ class SweepConfig:
     base: Optional[str] = None     # experiment YAML the trials start from (relative to the sweep file; None = defaults)
     overrides: Dict[str, Any] = field(default_factory=dict)  # key path -> value applied to every trial
     space: Dict[str, Any] = field(default_factory=dict)  # key path -> {grid|choice: [..]} | {uniform|loguniform: [lo, hi]} | {randint: [lo, hi]}
-    num_samples: int = 1           # samples of the random search (each grid point is sampled this many times)
-    search: str = "random"         # random | grid (grid: only grid/choice parameters, every combination once)
-    seed: int = 0                  # seed of the random search
+    num_samples: int = 1           # samples of the random search (each grid point is sampled this many times); optuna: trials in all
+    search: str = "random"         # random | grid (grid: only grid/choice parameters, every combination once) | optuna (TPE; no grid parameters; pip install optuna)
+    seed: int = 0                  # seed of the random search / of Optuna's sampler
     metric: str = "robustness_score"  # metric ranking the trials: a name of the report's scalar metrics, e.g. pgd/acc@0.2
     mode: str = "max"              # max | min
     scheduler: SchedulerConfig = field(default_factory=SchedulerConfig) # optional ASHA early stopping

@@ -32,6 +32,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
@@ -233,8 +234,9 @@ def read_shard(url: str, *, expected: Optional[int], hwc: Optional[Tuple[int, in
             stats.skipped_shards += 1
             stats.skipped_samples += expected or 0
             return
+    samples = _plain_tar_samples(_local_path(url)) if _is_local(url) else None
     try:
-        for s in wds.tarfile_samples([{"url": url}]):
+        for s in (samples if samples is not None else wds.tarfile_samples([{"url": url}])):
             try:
                 item = decode_sample(s)
                 if hwc is not None and item[1].shape != tuple(hwc):
@@ -271,6 +273,59 @@ def read_shard(url: str, *, expected: Optional[int], hwc: Optional[Tuple[int, in
         if _CACHE_BYTES[0] + size <= _cache_budget():
             _CACHE[sig] = items
             _CACHE_BYTES[0] += size
+
+
+_META = re.compile(r"__[^/]*__($|/)")          # WebDataset's skip_meta (tariterators.py)
+_KEY = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # WebDataset's base_plus_ext: key, extension
+
+
+def _plain_tar_samples(path: str) -> Optional[List[Dict[str, Any]]]:
+    """The samples of a local uncompressed tar of plain ustar file members (what `scaletrain shards`
+    writes), grouped as WebDataset groups them (`__key__` + one entry per extension), parsed straight
+    from the 512-byte headers (POSIX ustar): 2-3x less CPU than Python's tarfile under WebDataset,
+    which was 17 ms of every 100-sample batch in a first MNIST epoch (docs/benchmarks.md). None for
+    anything else (compressed, links, long names, pax headers, damage, duplicates): WebDataset reads
+    those, with its own error handling."""
+    with open(path, "rb") as f:
+        buf = f.read()
+    if len(buf) < 1024 or buf[257:262] != b"ustar":
+        return None
+    out: List[Dict[str, Any]] = []
+    cur: Optional[Dict[str, Any]] = None
+    off = 0
+    while off + 512 <= len(buf):
+        h = buf[off:off + 512]
+        if not any(h):                      # end-of-archive blocks
+            break
+        if h[156:157] not in (b"0", b"\0") or any(h[345:500]) or h[257:262] != b"ustar":
+            return None                     # not a regular file, or a ustar name prefix
+        try:
+            name = h[:100].split(b"\0", 1)[0].decode("utf-8")
+            size = int(h[124:136].split(b"\0", 1)[0].strip() or b"0", 8)
+        except ValueError:
+            return None
+        if sum(h[:148]) + 256 + sum(h[156:512]) != int(h[148:156].split(b"\0", 1)[0].strip() or b"-1", 8):
+            return None                     # header checksum mismatch: damage
+        data = buf[off + 512:off + 512 + size]
+        if len(data) != size:
+            return None
+        off += 512 + (size + 511) // 512 * 512
+        if ("/" not in name and name.startswith("__") and name.endswith("__")) or _META.match(name):
+            continue
+        m = _KEY.match(name)
+        if m is None:
+            continue
+        key, ext = m.group(1), m.group(2).lower()
+        if cur is None or cur["__key__"] != key:
+            if cur is not None:
+                out.append(cur)
+            cur = {"__key__": key, "__url__": path}
+        if ext in cur:
+            return None
+        cur[ext] = data
+    if cur is not None:
+        out.append(cur)
+    return out
 
 
 def _tar_end_problem(path: str) -> Optional[str]:

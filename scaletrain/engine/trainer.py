@@ -14,9 +14,11 @@
 
 A method (scaletrain.methods.Method) declares its events; only declared events are called.
 `ctx.rng` gives per-sample random numbers keyed by (method seed, step, replay, global sample
-index), the same on 1 and N ranks. `ctx.request_rollback()` reloads the newest checkpoint and
-continues from it (a catastrophic-overfitting guard); with several ranks every rank must request
-it at the same step (decide on an all-reduced metric: `ctx.all_reduce_sum`). Method state
+index), the same on 1 and N ranks; the model's random layers (DropBlock, VIB, SDE: rng.SampleKeyedLayer)
+draw from forks of the same streams, bound for the step (`bind_sample_rng`) and unbound after it.
+`ctx.request_rollback()` reloads the newest checkpoint and continues from it (a
+catastrophic-overfitting guard); with several ranks every rank must request it at the same
+step (decide on an all-reduced metric: `ctx.all_reduce_sum`). Method state
 (`state_dict`) is saved in every checkpoint (per rank) and restored on resume and rollback
 (except the keys the method lists in `rollback_keep`).
 """
@@ -33,12 +35,13 @@ from omegaconf import OmegaConf
 
 from . import dist as D
 from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
+from .guards import FiniteLossGuard
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
 from .preempt import Preempted, StopCoordinator
 from .stages import Stage, StageRuntime, plan_stages, resolve_lengths  # noqa: F401 (Stage re-exported)
 from ..methods.base import Event, Method
-from ..rng import SampleRNG
+from ..rng import SampleRNG, bind_sample_rng
 
 
 @dataclass
@@ -98,6 +101,8 @@ class Trainer:
         self.cfg, self.engine, self.method, self.data, self.tracker = cfg, engine, _as_method(method), data, tracker
         self.run_dir = run_dir or os.path.join(cfg.out_dir, cfg.name)
         self.hooks = list(hooks) if hooks is not None else active_hooks()
+        if cfg.train.stop_on_nonfinite and not any(isinstance(h, FiniteLossGuard) for h in self.hooks):
+            self.hooks.append(FiniteLossGuard())
         self.method_factory, self.eval_fn = method_factory, eval_fn
         self.stages = plan_stages(cfg)
         self.stage_rt = StageRuntime(cfg, engine, self.stages)
@@ -187,6 +192,7 @@ class Trainer:
         for replay in range(method.replays):
             ctx.replay, ctx.step, ctx.sample_index = replay, eng.global_step, index
             ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            bind_sample_rng(eng.module, ctx.rng.fork("model"))
             x, y = x0, y0
             with eng.autocast():
                 if method.handles(Event.BEFORE_FORWARD):
@@ -206,6 +212,7 @@ class Trainer:
             self._accumulate(loss, logits, y0, info)
             if moved and self.cfg.train.log_every and eng.global_step % self.cfg.train.log_every == 0:
                 self._log(si, ep, eng.lr)
+        bind_sample_rng(eng.module, None)
         if ctx.rollback_reason:
             reason, ctx.rollback_reason = ctx.rollback_reason, None
             raise _Rollback(reason)
@@ -214,6 +221,7 @@ class Trainer:
         """The method's loss of (x, y) at the current weights, with the same per-sample random numbers."""
         def closure():
             ctx.rng = SampleRNG(self._method_seed(si), index, "step", step0, "replay", replay)
+            bind_sample_rng(self.engine.module, ctx.rng.fork("model"))
             with self.engine.autocast():
                 return method.loss(self.engine.forward, x, y, ctx)[0].detach()
         return closure
@@ -307,7 +315,7 @@ class Trainer:
         meta = {"step": self.engine.global_step, "micro_step": self.engine.micro_step,
                 "stage": self.pos.stage, "epoch": self.pos.epoch, "batch": self.pos.batch,
                 "best": self.best, "last_metrics": self.last_metrics, "rollbacks": self.rollbacks,
-                "stages": len(self.stages)}
+                "stages": len(self.stages), "stage_epochs": [int(st.epochs) for st in self.stages]}
         if interrupted:
             meta["interrupted"] = interrupted
         path = self.ckpt.save(self.engine, meta, rank_state, OmegaConf.to_yaml(self.cfg))
@@ -320,7 +328,7 @@ class Trainer:
     def restore(self, path: str) -> None:
         meta, rank_state = self.ckpt.load(self.engine, path)
         self.engine.set_counters(meta["step"], meta["micro_step"])
-        self.pos = Position(meta["stage"], meta["epoch"], meta["batch"])
+        self.pos = self._extend_finished(Position(meta["stage"], meta["epoch"], meta["batch"]), meta)
         self.best = dict(meta.get("best", {}))
         self.last_metrics = dict(meta.get("last_metrics", {}))
         self.rollbacks = max(self.rollbacks, int(meta.get("rollbacks", 0)))
@@ -335,6 +343,28 @@ class Trainer:
         self._meter = self._new_meter()
         set_rng_state(self._pending_rng)
         self._truncate_log(meta["step"])
+
+    def _extend_finished(self, pos: Position, meta: Dict[str, Any]) -> Position:
+        """A finished run resumed with more epochs in its last stage (`resume=auto train.epochs=20`
+        after 10) continues from the end of the epochs it trained, on the new plan's learning-rate
+        schedule; a finished run with nothing left to train says so instead of silently training
+        nothing."""
+        saved = meta.get("stage_epochs")
+        if pos.stage < len(self.stages) or saved is None:
+            return pos
+        now = [int(st.epochs) for st in self.stages]
+        last = len(now) - 1
+        if len(saved) == len(now) and saved[:last] == now[:last] and now[last] > saved[last]:
+            if self.is_rank0:
+                print(f"resume: the run finished {saved[last]} epoch(s) of stage {last}; extending it to "
+                      f"{now[last]} (the learning-rate schedule is the new plan's, so the rate jumps to "
+                      f"its value at step {meta['step']})", flush=True)
+            return Position(last, saved[last], 0)
+        if self.is_rank0:
+            print(f"resume: the run already finished its plan ({saved} epochs per stage; now {now}): "
+                  "nothing left to train, evaluating the saved model. Only the last stage can be extended; "
+                  "start a new run (another name) to train a different plan.", flush=True)
+        return pos
 
     def _truncate_log(self, step: int) -> None:
         """Drop log rows written after the checkpoint we resume from (they will be redone)."""

@@ -48,6 +48,8 @@ def check_method_config(cfg, key: str = "method") -> None:
     if Event.LOSS not in cls.events:
         raise ConfigError(f"key '{key}.name': '{cfg.name}' does not compute a loss; put it in {key}.extra "
                           f"and choose a loss method as {key}.name")
+    if cfg.get("huber_delta", None) is not None and cfg.name != "huber":
+        raise ConfigError(f"key '{key}.huber_delta': {cfg.name} has no Huber loss (method.name=huber has)")
     cls.check_config(cfg, key)
     seen = {cfg.name}
     for i, e in enumerate(cfg.get("extra", None) or []):

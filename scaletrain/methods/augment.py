@@ -75,7 +75,7 @@ class BatchTransform(Method):
 
 @dataclass
 class NoiseOptions:
-    sigma: float = 0.25            # std of the Gaussian input noise, in [0, 1] pixel units (Cohen et al. use 0.12-1.0)
+    sigma: float = 0.25            # std of the Gaussian input noise in (0, 1], pixel units (Cohen et al. use 0.12-1.0)
     clip: bool = False             # clip the noisy input to [0, 1] (the paper does not)
 
 
@@ -98,8 +98,8 @@ class GaussianNoise(BatchTransform):
 
 @dataclass
 class MixOptions:
-    alpha: float = 1.0             # lambda ~ Beta(alpha, alpha) (1.0 = uniform, CutMix's default)
-    prob: float = 1.0              # probability that a sample is mixed
+    alpha: float = 1.0             # lambda ~ Beta(alpha, alpha), alpha > 0 (1.0 = uniform, CutMix's default)
+    prob: float = 1.0              # probability that a sample is mixed, in [0, 1]
 
 
 @register_method("cutmix")
@@ -121,7 +121,7 @@ class CutMix(BatchTransform):
 
 @dataclass
 class MixupOptions:
-    alpha: float = 0.2             # lambda ~ Beta(alpha, alpha) (Zhang et al. use 0.1-0.4 on ImageNet, 1.0 on CIFAR)
+    alpha: float = 0.2             # lambda ~ Beta(alpha, alpha), alpha > 0 (Zhang et al. use 0.1-0.4 on ImageNet, 1.0 on CIFAR)
 
 
 @register_method("mixup")
@@ -142,9 +142,9 @@ class Mixup(BatchTransform):
 
 @dataclass
 class CutoutOptions:
-    size: int = 4                  # side of the erased square in pixels (DeVries & Taylor: 16 on CIFAR-10's 32)
-    prob: float = 1.0              # probability that a sample is erased
-    fill: float = 0.0              # value written in the square ([0, 1] pixels)
+    size: int = 4                  # side of the erased square in pixels, >= 1 (DeVries & Taylor: 16 on CIFAR-10's 32)
+    prob: float = 1.0              # probability that a sample is erased, in [0, 1]
+    fill: float = 0.0              # value written in the square, a pixel value in [0, 1]
 
 
 @register_method("cutout")

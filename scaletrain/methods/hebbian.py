@@ -15,8 +15,10 @@ unconverged filters (p-norm^p off 1 by more than `tol`) for the report and W&B.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
-from typing import Any, Dict
+from dataclasses import dataclass
+from typing import Any, Dict, Optional
 
 import torch
 from omegaconf import OmegaConf
@@ -25,10 +27,25 @@ from torch import nn
 from ..errors import ConfigError
 from ..optim import hebbian as H
 from . import METHODS, register_method
+from .augment import parse_options
 from .base import Event, Method, MethodOutput
 
-DEFAULTS: Dict[str, Any] = {"hebbian_epochs": 3, "p": 3.0, "k": 2, "delta": 0.4, "eps": 0.1, "freeze": True,
-                            "supervised": "standard", "layer": None, "tol": 0.1, "init_std": 1.0}
+@dataclass
+class HebbianOptions:
+    """`method.kwargs` of `hebbian` (typed: a wrong type or an unknown option exits 2 naming the key)."""
+    hebbian_epochs: int = 3        # epochs of the first stage spent on the unsupervised rule, >= 0
+    p: float = 3.0                 # Lebesgue exponent p of the rule (fixed point: unit p-norm filters), >= 1
+    k: int = 2                     # rank of the hidden unit pushed away (anti-Hebbian), >= 1
+    delta: float = 0.4             # strength Delta of the anti-Hebbian push, >= 0
+    eps: float = 0.1               # initial rule learning rate (decays linearly to 0 over the phase), > 0
+    freeze: bool = True            # keep the learned layer frozen in the supervised phase (false: fine-tune it)
+    supervised: str = "standard"   # standard / pgd_at: the supervised phase's method
+    layer: Optional[str] = None    # module name of the learned layer (None = the first Conv2d/Linear)
+    tol: float = 0.1               # a filter is unconverged when its p-norm^p is off 1 by more than tol, > 0
+    init_std: Optional[float] = 1.0  # std of the layer's initial weights (None = keep the model's init), > 0
+
+
+DEFAULTS: Dict[str, Any] = dataclasses.asdict(HebbianOptions())
 
 
 class _Stop(Exception):
@@ -69,7 +86,7 @@ def _options(cfg, key: str = "method") -> Dict[str, Any]:
     if unknown:
         raise ConfigError(f"key '{key}.kwargs': unknown option(s) for hebbian: {', '.join(sorted(unknown))} "
                           f"(options: {', '.join(DEFAULTS)})")
-    o = dict(DEFAULTS, **kw)
+    o = dataclasses.asdict(parse_options(HebbianOptions, cfg, key)) if cfg is not None else dict(DEFAULTS)
     prefix = key
     for name, ok in (("hebbian_epochs", o["hebbian_epochs"] >= 0), ("p", o["p"] >= 1), ("k", o["k"] >= 1),
                     ("delta", o["delta"] >= 0), ("eps", o["eps"] > 0), ("tol", o["tol"] > 0),
@@ -84,6 +101,7 @@ def _options(cfg, key: str = "method") -> Dict[str, Any]:
 class HebbianFirstLayer(Method):
     name = "hebbian"
     events = (Event.LOSS, Event.AFTER_STEP)
+    Options = HebbianOptions       # method.kwargs (docs/configuration.md)
     state_attrs = ("updates", "frozen_weight")
 
     def __init__(self, cfg=None):

@@ -1,7 +1,7 @@
 """Loss methods and loss add-ons: Huber loss, confidence penalty, variational information bottleneck.
 
 * `huber` (Event.LOSS): standard training with the Huber loss on the softmax output
-  (`regularisers.huber_loss`; option `delta`, plus `method.label_smoothing`).
+  (`regularisers.huber_loss`; options `method.huber_delta` and `method.label_smoothing`).
 * `confidence_penalty` (Event.AFTER_LOSS add-on): loss - beta * H(softmax(logits)) on the logits
   the main method trains on (Pereyra et al. 2017).
 * `pni` (Event.BEFORE_FORWARD + AFTER_LOSS add-on, with `model.pni` set): keys the weight noise of
@@ -14,6 +14,7 @@ Formulas and references: regularisers.py, models/vib.py, docs/methods.md.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from . import register_method
@@ -42,42 +43,48 @@ class _WithOptions(Method):
         pass
 
 
-@dataclass
-class HuberOptions:
-    delta: float = 1.0             # Huber threshold on |p_c - t_c| (>= 1: half the Brier score)
+HUBER_DELTA = 1.0                  # default threshold: with delta >= 1 the loss is half the Brier score
+
+
+def huber_delta(cfg) -> float:
+    d = cfg.get("huber_delta", None)
+    return HUBER_DELTA if d is None else float(d)
 
 
 @register_method("huber")
-class Huber(_WithOptions):
-    """Clean-input training with sum_c Huber_delta(softmax(f(x))_c - t_c), t the (smoothed) target."""
+class Huber(Method):
+    """Clean-input training with sum_c Huber_delta(softmax(f(x))_c - t_c), t the (smoothed) target.
+    Options are typed keys of `method`: `huber_delta`, `label_smoothing`."""
 
     name = "huber"
     events = (Event.LOSS,)
-    Options = HuberOptions
-    options_key = "method"
 
     def __init__(self, cfg):
         super().__init__(cfg)
+        self.delta = huber_delta(cfg)
         self.label_smoothing = float(cfg.get("label_smoothing", 0.0) or 0.0)
 
     @classmethod
     def check_config(cls, cfg, key):
-        super().check_config(cfg, key)
+        kw = dict(cfg.get("kwargs", None) or {})
+        if "delta" in kw:
+            raise ConfigError(f"key '{key}.kwargs.delta': the Huber threshold is the typed key '{key}.huber_delta'")
+        if kw:
+            raise ConfigError(f"key '{key}.kwargs': huber takes no kwargs ({', '.join(kw)}); its options are "
+                              f"'{key}.huber_delta' and '{key}.label_smoothing'")
+        d = huber_delta(cfg)
+        _check(d > 0 and math.isfinite(d), f"{key}.huber_delta", "the Huber threshold must be > 0", d)
         ls = float(cfg.get("label_smoothing", 0.0) or 0.0)
         _check(0.0 <= ls < 1.0, f"{key}.label_smoothing", "must be in [0, 1)", ls)
 
-    @classmethod
-    def check_options(cls, opt, key):
-        _check(opt.delta > 0, f"{key}.delta", "the Huber threshold must be > 0", opt.delta)
-
     def loss(self, model, x, y, ctx):
         logits = model(x)
-        return MethodOutput(huber_loss(logits, y, self.opt.delta, self.label_smoothing), logits, {})
+        return MethodOutput(huber_loss(logits, y, self.delta, self.label_smoothing), logits, {})
 
 
 @dataclass
 class PenaltyOptions:
-    beta: float = 0.1              # weight of the entropy bonus (Pereyra et al. tune it in [0.1, 4])
+    beta: float = 0.1              # weight of the entropy bonus, in [0, 10] (Pereyra et al. tune it in [0.1, 4])
 
 
 @register_method("confidence_penalty")
@@ -97,7 +104,7 @@ class ConfidencePenalty(_WithOptions):
 
 @dataclass
 class VIBOptions:
-    beta: float = 1.0e-3           # weight of the KL term (Alemi et al.: 1e-3 on MNIST)
+    beta: float = 1.0e-3           # weight of the KL term, in [0, 1] (Alemi et al.: 1e-3 on MNIST)
 
 
 @register_method("vib")

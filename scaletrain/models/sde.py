@@ -13,10 +13,11 @@ log of the class probabilities averaged over `test_samples` (K) independent nois
 Such a randomised model must be attacked with expectation over transformation (Athalye et al.
 2018): `eval.eot_samples` averages the attack's input gradients over that many forwards.
 
-The noise comes from the model's own `torch.Generator` seeded with `noise_seed`, so a fresh
-model gives the same noise sequence (deterministic given the seed). It is not part of the
-checkpoint: a resumed run draws a different (equally distributed) sequence, and every rank
-draws the same sequence for its own samples.
+Randomness: the block is a `SampleKeyedLayer` (scaletrain/rng.py). Inside a training step the
+trainer binds per-sample streams keyed by (seed, step, replay, global sample index, layer name):
+sample i's noise is the same on 1 and N ranks and after a resume. Otherwise (evaluation, plain
+PyTorch use) the noise comes from the model's own `torch.Generator` seeded with `noise_seed`, so
+a fresh model gives the same noise sequence (deterministic given the seed; not checkpointed).
 """
 from __future__ import annotations
 
@@ -28,10 +29,11 @@ from torch import nn
 
 from . import register_model
 from .common import ZooModel
+from ..rng import SampleKeyedLayer
 from .ode import ConvODEFunc, auto_downsample, conv_stem, pool_head
 
 
-class SDEBlock(nn.Module):
+class SDEBlock(SampleKeyedLayer, nn.Module):
     def __init__(self, func: nn.Module, sigma: float = 0.1, diffusion: str = "additive", t1: float = 1.0,
                  steps: int = 4, noise_seed: int = 0):
         super().__init__()
@@ -47,6 +49,8 @@ class SDEBlock(nn.Module):
             self.noise_seed = int(seed)
 
     def _noise(self, like: torch.Tensor) -> torch.Tensor:
+        if self.rng_bound:   # inside a training step: per-sample streams (rank-independent, resume-exact)
+            return self.sample_randn(like.shape, device=like.device).to(like.dtype)
         key = str(like.device)
         if key not in self._gen:
             self._gen[key] = torch.Generator(device=like.device).manual_seed(self.noise_seed)

@@ -14,7 +14,10 @@ and the training objective gains beta * KL(N(mu, sigma^2) || N(0, I)) (eq. (13),
 The head keeps the batch-mean KL of its latest training forward in `last_kl`; the `vib` method
 adds beta * last_kl to the loss. (The paper averages 12 posterior samples at test time; using the
 mean mu is its deterministic variant and keeps attacks' gradients exact.)
-Training noise uses the global torch RNG, which the trainer seeds and checkpoints.
+Randomness: a `SampleKeyedLayer` (scaletrain/rng.py): in training under the trainer eps of
+sample i comes from its own stream keyed by (seed, step, replay, global sample index, this
+layer's name), the same on 1 and N ranks and exact on resume; outside the trainer (nothing
+bound) from the global torch RNG.
 """
 from __future__ import annotations
 
@@ -24,13 +27,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..rng import SampleKeyedLayer
+
 
 def gaussian_kl(mu: torch.Tensor, sigma: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, diag sigma^2) || N(0, I)) per sample."""
     return 0.5 * (mu.pow(2) + sigma.pow(2) - 1.0 - 2.0 * torch.log(sigma)).sum(1)
 
 
-class VIBHead(nn.Module):
+class VIBHead(SampleKeyedLayer, nn.Module):
     def __init__(self, in_features: int, dim: int, num_classes: int):
         super().__init__()
         self.dim = int(dim)
@@ -42,7 +47,7 @@ class VIBHead(nn.Module):
         mu, s = self.encoder(h).float().chunk(2, dim=1)
         sigma = F.softplus(s - 5.0) + 1e-6
         if self.training:
-            z = mu + sigma * torch.randn_like(mu)
+            z = mu + sigma * self.sample_randn(mu.shape, device=mu.device)
             self.last_kl = gaussian_kl(mu, sigma).mean()
         else:
             z = mu

@@ -37,6 +37,7 @@ import importlib
 import json
 import math
 import os
+import re
 import socket
 import tempfile
 import uuid
@@ -91,6 +92,7 @@ def _newest(ray_path: Optional[str], run_dir: str) -> Optional[str]:
 
 
 STORAGE_TOKEN = ".scaletrain-storage-{}"
+USER_ERROR = re.compile(r"^\s*(?:[\w.]+\.)?(?:UserError|ConfigError|DataError): (.+)$")
 
 
 def write_storage_token(out_dir: str) -> str:
@@ -149,7 +151,7 @@ def ray_worker_loop(config: Dict[str, Any]) -> None:
         resume = _newest(ray_path, config["run_dir"])
         if resume is not None:
             cfg.resume = resume
-        with use_hooks(RayReportHook()):
+        with use_hooks(RayReportHook(), *config.get("hooks", ())):
             try:
                 report = worker(cfg, run_dir=config["run_dir"])
             except Preempted as stop:  # a clean stop, not a failure: Ray must not restart it
@@ -198,11 +200,14 @@ def connect(cfg) -> None:
 
 
 def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
-                 run_dir: Optional[str] = None, callbacks: Optional[List[Any]] = None) -> Dict[str, Any]:
+                 run_dir: Optional[str] = None, callbacks: Optional[List[Any]] = None,
+                 hooks: Optional[List[Any]] = None) -> Dict[str, Any]:
     """Run `worker(cfg, run_dir=...)` on `engine.workers` Ray Train workers; return rank 0's report.
 
     `callbacks`: Ray Train V2 `UserCallback`s, e.g. Tune's `TuneReportCallback` when the run is
-    a sweep trial (the Tune function builds and fits this TorchTrainer)."""
+    a sweep trial (the Tune function builds and fits this TorchTrainer). `hooks`: trainer hooks
+    (engine/hooks.py; picklable objects) installed in every worker, e.g. a sweep's loss guard:
+    hooks installed with `use_hooks` in the calling process do not reach the workers."""
     import ray.train
     from ray.train.torch import TorchConfig, TorchTrainer
 
@@ -226,7 +231,7 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
     trainer = TorchTrainer(
         ray_worker_loop,
         train_loop_config={"cfg": to_dict(cfg), "run_dir": run_dir, "worker": worker, "use_gpu": use_gpu,
-                           "env": env, "storage_token": token},
+                           "env": env, "storage_token": token, "hooks": list(hooks or [])},
         torch_config=TorchConfig(backend=e.dist_backend or ("nccl" if use_gpu else "gloo")),
         scaling_config=ray.train.ScalingConfig(num_workers=e.workers, use_gpu=use_gpu,
                                                resources_per_worker=resources, placement_strategy=e.placement),
@@ -247,10 +252,11 @@ def run_with_ray(cfg: DictConfig, worker: Union[str, Callable] = DEFAULT_WORKER,
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         _remove_token(run_dir, token)
-        msg = str(err)
-        for line in msg.splitlines():  # a user mistake inside a worker stays a user mistake
-            if "UserError" in line or "ConfigError" in line or "DataError" in line:
-                raise UserError(line.split(":", 1)[-1].strip()) from None
+        # a user mistake inside a worker stays a user mistake: the worker's own exception line
+        # (`scaletrain.errors.UserError: ...`), not a traceback's source line that mentions it
+        found = [m.group(1) for m in map(USER_ERROR.match, str(err).splitlines()) if m]
+        if found:
+            raise UserError(found[-1].strip()) from None
         raise
     finally:
         LATCH.uninstall()

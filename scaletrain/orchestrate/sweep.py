@@ -45,7 +45,9 @@ from ..errors import UserError
 from ..run import train_worker
 from ..runs import resolve_run_dir
 from .ray_train import _absolute
-from .sweep_spec import SweepSpec, Trial, expand, load_sweep
+from . import sweep_optuna
+from .sweep_spec import SweepSpec, Trial, expand, load_sweep, probe_points, trial_config
+from .trial_failures import FiniteLossGuard, error_line
 
 RECORD = "trial.json"
 DRIVER_CPUS = 0.01
@@ -68,15 +70,6 @@ def epoch_metrics(trainer, metrics: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
-class FiniteLossGuard:
-    """Trainer hook: a non-finite training loss ends the run with an error (all ranks see the
-    same all-reduced loss, so all raise together)."""
-
-    def on_log(self, trainer, metrics, step):
-        if not math.isfinite(float(metrics.get("loss", 0.0))):
-            raise FloatingPointError(f"training loss is {metrics['loss']} at step {step}")
-
-
 def _write_json(path: str, data: Dict[str, Any]) -> None:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + ".tmp", "w") as f:
@@ -85,11 +78,15 @@ def _write_json(path: str, data: Dict[str, Any]) -> None:
 
 
 def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None:
-    """The Tune function of one trial (`config["trial"]` is the trial id)."""
+    """The Tune function of one planned trial (`config["trial"]` is the trial id)."""
+    run_one(trials[config["trial"]])
+
+
+def run_one(trial: Dict[str, Any]) -> None:
+    """Run one trial (a `Trial` as a dict) inside a Tune trial process; write its `trial.json`."""
     from ray import tune
 
     from ..evaluate.ensemble import scalar_metrics
-    trial = trials[config["trial"]]
     cfg = config_from_dict(trial["cfg"])
     run_dir = os.path.join(cfg.out_dir, cfg.name)
     record = {"id": trial["id"], "params": trial["params"], "config_id": trial["config_id"],
@@ -114,7 +111,8 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
                 from ray.tune.integration.ray_train import TuneReportCallback
 
                 from .ray_train import run_with_ray
-                report = run_with_ray(cfg, worker=train_worker, run_dir=run_dir, callbacks=[TuneReportCallback()])
+                report = run_with_ray(cfg, worker=train_worker, run_dir=run_dir, callbacks=[TuneReportCallback()],
+                                      hooks=[FiniteLossGuard()])     # the workers' own guard
             else:
                 # a fresh rendezvous port per trial: the trial process may be reused, and it may
                 # have inherited the driver's MASTER_PORT (concurrent trials must not share one)
@@ -132,7 +130,7 @@ def run_trial(config: Dict[str, Any], trials: Dict[str, Dict[str, Any]]) -> None
         finished.set()
         raise
     except Exception as e:  # noqa: BLE001 - a failing trial is a result, the sweep goes on
-        record.update(status="failed", metrics=dict(last), error=f"{type(e).__name__}: {e}".splitlines()[0],
+        record.update(status="failed", metrics=dict(last), error=error_line(e),
                       traceback=traceback.format_exc()[-4000:])
         _close_wandb(1)
     record["seconds"] = round(time.time() - t0, 3)
@@ -222,27 +220,39 @@ def _scheduler(spec: SweepSpec):
                          reduction_factor=int(sch.reduction_factor), stop_last_trials=False)
 
 
-def _tune(spec: SweepSpec, pending: List[Trial], invocation: int) -> Dict[str, Dict[str, Any]]:
-    """Run the pending trials; returns Tune's view (status, error, last metrics) per trial id."""
+def _tune(spec: SweepSpec, pending: List[Trial], invocation: int, optuna: Optional[Dict[str, Any]] = None
+          ) -> Dict[str, Dict[str, Any]]:
+    """Run the pending trials; returns Tune's view (status, error, last metrics) per trial id.
+    `optuna`: {"n": trials to run, "told": finished trials, "unfinished": {values: id}} (search: optuna)."""
     os.environ.setdefault("TUNE_DISABLE_STRICT_METRIC_CHECKING", "1")   # metrics differ per report
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     from ray import tune
-    concurrency = _concurrency(spec, len(pending))
+    concurrency = _concurrency(spec, optuna["n"] if optuna else len(pending))
     _connect(spec, concurrency)
-    trials = {t.id: asdict(t) for t in pending}
+    if optuna:
+        trainable = tune.with_parameters(sweep_optuna.run_optuna_trial, spec=spec, run=run_one,
+                                         unfinished=optuna["unfinished"])
+        space, samples = sweep_optuna.param_space(spec), optuna["n"]
+        alg = sweep_optuna.searcher(spec, optuna["told"], [t.params for t in pending], read_record)
+    else:
+        trials = {t.id: asdict(t) for t in pending}
+        trainable = tune.with_parameters(run_trial, trials=trials)
+        space, samples, alg = {"trial": tune.grid_search([t.id for t in pending])}, 1, None
     tuner = tune.Tuner(
-        tune.with_resources(tune.with_parameters(run_trial, trials=trials), _trial_cpus(spec)),
-        param_space={"trial": tune.grid_search([t.id for t in pending])},
+        tune.with_resources(trainable, _trial_cpus(spec)), param_space=space,
         tune_config=tune.TuneConfig(max_concurrent_trials=concurrency, scheduler=_scheduler(spec),
-                                    reuse_actors=True),
+                                    search_alg=alg, num_samples=samples, reuse_actors=True),
         run_config=tune.RunConfig(name=f"tune-{invocation}", storage_path=os.path.join(spec.folder, "ray"),
                                   verbose=0, failure_config=tune.FailureConfig(max_failures=0)),
     )
     grid = tuner.fit()
+    ids = sweep_optuna.tune_ids(spec) if optuna else {}
     out = {}
     for res in grid:
-        tid = res.config["trial"]
-        out[tid] = {"error": str(res.error).splitlines()[0] if res.error else None, "metrics": res.metrics or {}}
+        tid = res.config.get("trial") or ids.get((res.metrics or {}).get("trial_id"))
+        if tid:
+            out[tid] = {"error": str(res.error).splitlines()[0] if res.error else None,
+                        "metrics": res.metrics or {}}
     return out
 
 
@@ -265,23 +275,43 @@ def _absolute_trials(trials: List[Trial]) -> None:
 def execute(spec: SweepSpec) -> Dict[str, Any]:
     """Run (or continue) the sweep `spec`; write the results folder; return its summary."""
     from .results import evaluate_ensembles, write_results
+    optuna = spec.sweep.search == "optuna"
+    if optuna:
+        sweep_optuna.check_installed()
     trials, fingerprint = expand(spec)
-    _absolute_trials(trials)
     os.makedirs(os.path.join(spec.folder, "trials"), exist_ok=True)
     _check_plan(spec, trials, fingerprint)
+    if optuna:      # the trials so far; Optuna proposes the rest while the sweep runs
+        trials = sweep_optuna.known_trials(spec)
+    _absolute_trials(trials)
     done = {t.id: read_record(spec.folder, t.id) for t in trials}
     pending = [t for t in trials if not (done[t.id] and done[t.id]["status"] in TERMINAL)]
+    n_new = int(spec.sweep.num_samples) - (len(trials) - len(pending)) if optuna else len(pending)
     log = os.path.join(spec.folder, "invocations.jsonl")
     invocation = sum(1 for _ in open(log)) if os.path.exists(log) else 0
     with open(log, "a") as f:
-        f.write(json.dumps({"time": time.time(), "pending": [t.id for t in pending],
+        f.write(json.dumps({"time": time.time(), "pending": [t.id for t in pending], "to_run": n_new,
                             "skipped": [t.id for t in trials if t not in pending]}) + "\n")
-    print(f"sweep {spec.sweep.name}: {len(trials)} trials, {len(trials) - len(pending)} already finished, "
-          f"running {len(pending)}; folder {spec.folder}", flush=True)
-    if pending:
-        _prepare_data(pending)
-        seen = _tune(spec, pending, invocation)
-        for t in pending:   # trials that wrote no record: stopped by the scheduler, or died
+    print(f"sweep {spec.sweep.name}: {len(trials)} trials{' so far' if optuna else ''}, "
+          f"{len(trials) - len(pending)} already finished, "
+          f"running {n_new}; folder {spec.folder}", flush=True)
+    if n_new > 0:
+        if optuna:
+            told, unfinished = sweep_optuna.history(spec, done, TERMINAL)
+            probes = [Trial(f"probe{i}", p, "", 0, trial_config(spec, f"probe{i}", p, "trial"))
+                      for i, p in enumerate(probe_points(spec.sweep))]
+            _absolute_trials(probes)
+            _prepare_data(probes)
+            seen = _tune(spec, pending, invocation, {"n": n_new, "told": told, "unfinished": unfinished})
+            trials = sweep_optuna.known_trials(spec)
+            _absolute_trials(trials)
+            again = {t.id for t in pending}
+            ran = [t for t in trials if t.id not in done or t.id in again]   # not finished before
+        else:
+            _prepare_data(pending)
+            seen = _tune(spec, pending, invocation)
+            ran = pending
+        for t in ran:   # trials that wrote no record: stopped by the scheduler, or died
             if read_record(spec.folder, t.id) is None and t.id in seen:
                 info = seen[t.id]
                 status = "failed" if info["error"] else "stopped"
@@ -290,7 +320,7 @@ def execute(spec: SweepSpec) -> Dict[str, Any]:
                              "run_dir": os.path.join(spec.folder, "trials", t.id), "status": status,
                              "error": info["error"], "metrics": {k: v for k, v in info["metrics"].items()
                                                                  if isinstance(v, (int, float))}})
-        _close_cut_runs(spec, pending)
+        _close_cut_runs(spec, ran)
     records = [read_record(spec.folder, t.id) or {"id": t.id, "params": t.params, "status": "missing"}
                for t in trials]
     ensembles = evaluate_ensembles(spec, trials, records) if spec.sweep.ensemble.size > 1 else []

@@ -9,7 +9,7 @@ change the sweep; any other key path (`train.epochs=2`) is an experiment overrid
 to every trial. Every trial's experiment config is built and validated here, before Ray
 starts, so a misspelled key path in `space` stops the sweep at load.
 
-Search (Bergstra & Bengio 2012 for random search): `grid` parameters form a Cartesian
+Search (Bergstra & Bengio 2012 for random search; `search: optuna` is sweep_optuna.py): `grid` parameters form a Cartesian
 product; `random` repeats it `num_samples` times, drawing the `choice`/`uniform`/
 `loguniform`/`randint` parameters from `random.Random(seed)`. The draw happens here, not
 inside Ray Tune, so the plan is the same on every invocation: that is what makes a killed
@@ -36,6 +36,7 @@ from ..config.validate import validate
 from ..errors import ConfigError
 
 DISTRIBUTIONS = ("grid", "choice", "uniform", "loguniform", "randint")
+SEARCHES = ("random", "grid", "optuna")
 INTERMEDIATE = ("val_acc", "val_loss", "val_pgd_acc", "loss", "acc")
 
 
@@ -117,8 +118,11 @@ def _validate(s: DictConfig, base: DictConfig) -> None:
         raise _fail("name", f"must be a plain folder name, got '{s.name}'")
     if s.mode not in ("max", "min"):
         raise _fail("mode", f"'{s.mode}' is not one of max, min")
-    if s.search not in ("random", "grid"):
-        raise _fail("search", f"'{s.search}' is not one of random, grid")
+    if s.search not in SEARCHES:
+        raise _fail("search", f"'{s.search}' is not one of {', '.join(SEARCHES)}")
+    if s.search == "optuna" and s.ensemble.size > 1:
+        raise _fail("ensemble.size", "search: optuna samples one configuration per trial; ensembles need "
+                                     "search: random or grid")
     for key in ("num_samples", "resources.workers", "ensemble.size"):
         if OmegaConf.select(s, key) < 1:
             raise _fail(key, f"must be >= 1, got {OmegaConf.select(s, key)}")
@@ -165,9 +169,15 @@ def _check_dist(key: str, dist: Any, search: str) -> None:
         raise _fail(key, f"must be one of {{{' | '.join(d + ': ...' for d in DISTRIBUTIONS)}}}, got {dist}")
     kind, arg = next(iter(dist.items()))
     arg = OmegaConf.to_container(arg) if OmegaConf.is_config(arg) else arg
+    if kind == "grid" and search == "optuna":
+        raise _fail(f"{key}.grid", "search: optuna does not take grid parameters (Optuna samples every "
+                                   "parameter; use choice, or search: random/grid)")
     if kind in ("grid", "choice"):
         if not isinstance(arg, list) or not arg:
             raise _fail(f"{key}.{kind}", "must be a non-empty list of values")
+        if search == "optuna" and not all(v is None or isinstance(v, (bool, int, float, str)) for v in arg):
+            raise _fail(f"{key}.{kind}", f"search: optuna takes only scalar choices (None, bool, int, float, "
+                                         f"str), got {arg}")
         return
     if search == "grid":
         raise _fail(f"{key}.{kind}", "search: grid takes only grid/choice parameters (or use search: random)")
@@ -228,9 +238,31 @@ def _describe(params: Dict[str, Any]) -> str:
     return ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in params.items())
 
 
+def probe_points(s: DictConfig) -> List[Dict[str, Any]]:
+    """Points covering the space's corners and every choice (search: optuna validates these at load:
+    its trials are drawn during the sweep)."""
+    space = {k: next(iter(to_dict(v).items())) for k, v in s.space.items()}
+    low = {k: arg[0] for k, (kind, arg) in space.items()}
+    high = {k: arg[-1] if kind in ("grid", "choice") else (arg[1] - 1 if kind == "randint" else arg[1])
+            for k, (kind, arg) in space.items()}
+    points = [low, high]
+    for k, (kind, arg) in space.items():
+        if kind in ("grid", "choice"):
+            points += [dict(low, **{k: v}) for v in arg[1:-1]]
+    return points
+
+
 def expand(spec: SweepSpec) -> Tuple[List[Trial], str]:
-    """All trials of the sweep, and a fingerprint of the plan (resume refuses another sweep's folder)."""
+    """All trials of the sweep, and a fingerprint of the plan (resume refuses another sweep's folder).
+    search: optuna has no fixed plan (Optuna draws each trial from the results so far): no trials
+    here; the corners of the space are validated, and the fingerprint covers space, seed and size."""
     s = spec.sweep
+    if s.search == "optuna":
+        for i, p in enumerate(probe_points(s)):
+            trial_config(spec, f"probe{i}", p, "trial")
+        plan = json.dumps([to_dict(s.space), int(s.seed), int(s.num_samples), spec.overrides], sort_keys=True,
+                          default=str)
+        return [], hashlib.sha256(("optuna" + plan).encode()).hexdigest()[:16]
     k = int(s.ensemble.size)
     trials = []
     for c, params in enumerate(configurations(s)):

@@ -68,3 +68,12 @@ def test_configuration_reference_is_current(repo_root):
     from scaletrain.config.reference import render
     committed = (repo_root / "docs" / "configuration.md").read_text()
     assert committed == render(), "regenerate: python -m scaletrain.config.reference > docs/configuration.md"
+
+
+def test_string_overrides_kept_verbatim():
+    """YAML reads `on` as true, 0x10 as 16 and 010 as 8: a string key keeps the text as written."""
+    from scaletrain.config import load_config
+    for raw, want in (("on", "on"), ("0x10", "0x10"), ("010", "010"), ("'yes'", "yes"), ("run-1", "run-1")):
+        assert load_config(None, [f"name={raw}"]).name == want
+    assert load_config(None, ["eval.pgd_alpha=null"]).eval.pgd_alpha is None
+    assert load_config(None, ["train.epochs=3"]).train.epochs == 3

@@ -109,6 +109,28 @@ def test_torch_accumulation_matches_big_batch(tmp_path):
         torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=1e-6)
 
 
+def test_one_rank_deepspeed_skips_the_allreduce_and_matches_torch(tmp_path):
+    """On one rank without ZeRO the DeepSpeed engine does not all-reduce gradients over its one process
+    (a per-step cost, docs/benchmarks.md) and still takes the torch backend's steps; ZeRO keeps it."""
+    torch.manual_seed(0)
+    x, y = torch.rand(32, 1, 8, 8), torch.randint(0, 10, (32,))
+    states = []
+    for backend in ("torch", "deepspeed"):
+        cfg = make_cfg(tmp_path, f"engine.backend={backend}", "model.name=mlp", "optim.name=adam")
+        torch.manual_seed(1)
+        eng = build_engine(cfg, create_model(cfg.model), init_distributed(cfg))
+        if backend == "deepspeed":
+            assert eng.ds.enable_backward_allreduce is False
+        for i in range(3):
+            eng.backward(torch.nn.functional.cross_entropy(eng.forward(x), y))
+            eng.step()
+        states.append(eng.consolidated_state_dict())
+    for k in states[0]:
+        torch.testing.assert_close(states[0][k], states[1][k], rtol=0, atol=1e-6)
+    cfg = make_cfg(tmp_path, "engine.zero_stage=1", "model.name=mlp")
+    assert build_engine(cfg, create_model(cfg.model), init_distributed(cfg)).ds.enable_backward_allreduce
+
+
 def test_rng_state_roundtrip():
     import random
 

@@ -3,7 +3,7 @@
 usage: noise_mixing_worker.py OUT_PREFIX CASES
 For each case (comma-separated names of CASES below) builds the run's config through the
 loader (validation included), the shipped method (`create_method`, `method.extra` composed),
-the shipped model (`create_model`: PNI / VIB / DropBlock options) and the DeepSpeed engine,
+the shipped model (`create_model`: PNI / VIB / DropBlock options, the neural SDE) and the DeepSpeed engine,
 trains STEPS optimizer steps at global batch 32 (micro-batch 16: 1 rank accumulates 2,
 2 ranks take one each) on in-memory digits, and saves per case: the global losses (rank 0),
 the consolidated weights, and what the probes saw. Probes are test-only observer add-ons
@@ -78,8 +78,9 @@ CASES = {
             "optim.weight_decay=0.05", "method.extra=[{name: pni}]", NO_BN],
     "dropblock": ["method.name=standard", "model.kwargs.dropblock_prob=0.2", "model.kwargs.dropblock_size=3"],
     "vib": ["method.name=standard", "model.vib_dim=8", "method.extra=[{name: vib, kwargs: {beta: 0.01}}]"],
+    "sde": ["method.name=standard", "model.name=sde_cnn", "model.width=4", "model.kwargs={sigma: 0.3, steps: 2}"],
     "penalty": ["method.name=standard", "method.extra=[{name: confidence_penalty, kwargs: {beta: 0.5}}]"],
-    "huber": ["method.name=huber", "method.kwargs.delta=0.5"],
+    "huber": ["method.name=huber", "method.huber_delta=0.5"],
     "trades_cutmix": ["method.name=trades", "method.attack.eps=0.2", "method.attack.steps=2", NO_BN,
                       "method.extra=[{name: cutmix, kwargs: {alpha: 1.0}}]"],
     "pgd_cutmix_penalty": ["method.name=pgd_at", "method.attack.eps=0.2", "method.attack.steps=2", NO_BN,

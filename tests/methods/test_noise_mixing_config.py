@@ -1,4 +1,6 @@
 """Bad options of the noise / mixing / regulariser methods stop at load with the key named (exit 2)."""
+import re
+
 import pytest
 
 from scaletrain.cli import main as cli_main
@@ -34,9 +36,33 @@ def test_out_of_range_options_name_their_key(override, key):
         load_config(None, [override])
 
 
+@pytest.mark.parametrize("overrides, key", [
+    (["method.name=huber", "method.huber_delta=0"], "method.huber_delta"),
+    (["method.name=huber", "method.huber_delta=-1"], "method.huber_delta"),
+    (["method.name=huber", "method.huber_delta=inf"], "method.huber_delta"),
+    (["method.name=huber", "method.huber_delta=wide"], "method.huber_delta"),          # not a float
+    (["method.name=huber", "method.kwargs.delta=0.5"], "method.kwargs.delta"),         # the old spelling
+    (["method.name=huber", "method.kwargs.beta=0.5"], "method.kwargs"),
+    (["method.name=pgd_at", "method.huber_delta=0.5"], "method.huber_delta"),           # no Huber loss there
+    (["method.name=huber", "stages=[{name: a, epochs: 1, method: {huber_delta: -2}}]"], "stages[0].method.huber_delta"),
+])
+def test_huber_delta_is_a_typed_key_checked_at_load(overrides, key):
+    with pytest.raises(ConfigError, match=re.escape(f"key '{key}")):
+        load_config(None, overrides)
+
+
+def test_huber_delta_reaches_the_method():
+    assert create_method(load_config(None, ["method.name=huber"]).method).delta == 1.0
+    assert create_method(load_config(None, ["method.name=huber", "method.huber_delta=0.25"]).method).delta == 0.25
+
+
+def test_cli_exits_2_naming_huber_delta(capsys):
+    code = cli_main(["train", "method.name=huber", "method.huber_delta=-1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "key 'method.huber_delta'" in err[0] and "> 0" in err[0]
+
+
 def test_huber_options_and_combinations():
-    with pytest.raises(ConfigError, match="key 'method.kwargs.delta'"):
-        load_config(None, ["method.name=huber", "method.kwargs.delta=0"])
     with pytest.raises(ConfigError, match="key 'method.extra.0.name'"):   # a loss method is no add-on
         load_config(None, ["method.extra=[{name: huber}]"])
     cfg = load_config(None, ["method.name=trades" if "trades" in available() else "method.name=pgd_at",

@@ -1,6 +1,7 @@
 """Every noise / mixing / regulariser method of issue 8 trains under the DeepSpeed engine on 2
-gloo ranks, does what it claims, and (where its randomness is keyed by global sample index or
-optimizer step) gives the 1-rank result on 2 ranks with the same global batches.
+gloo ranks, does what it claims, and gives the 1-rank result on 2 ranks with the same global
+batches: its randomness (the methods' draws, DropBlock masks, VIB noise, the neural SDE's training
+noise) is keyed by global sample index, PNI's by optimizer step.
 
 One 2-rank launch and one 1-rank launch run all cases (noise_mixing_worker.py): 1 rank accumulates
 two micro-batches of 16, 2 ranks take one each; global batch 32, 3 optimizer steps.
@@ -15,12 +16,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "engine"))
 from engine_launch import run_ranks  # noqa: E402
 
 # the cases of noise_mixing_worker.py (not imported here: it registers test-only methods)
-CASES = ["noise", "cutmix", "mixup", "cutout", "pni", "dropblock", "vib", "penalty", "huber", "pgd_cutmix_penalty",
-         "trades_cutmix"]
+CASES = ["noise", "cutmix", "mixup", "cutout", "pni", "dropblock", "vib", "sde", "penalty", "huber",
+         "pgd_cutmix_penalty", "trades_cutmix"]
 STEPS = 3
 
-EQUAL = ["noise", "cutmix", "mixup", "cutout", "pni", "penalty", "huber", "pgd_cutmix_penalty", "trades_cutmix"]
-GLOBAL_RNG = ["dropblock", "vib"]      # model-internal noise from the global RNG: trains, not rank-keyed
+# every case: model-internal noise (DropBlock masks, VIB eps, SDE increments) is keyed per sample like the methods' draws
+EQUAL = CASES
 TOL = 1e-5
 
 

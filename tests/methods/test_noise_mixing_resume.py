@@ -1,6 +1,6 @@
 """Kill-and-resume stays exact with the noise / mixing / regulariser methods: one run combining
 every source of randomness of this slice (Gaussian input noise and CutMix from ctx.rng, PNI weight
-noise keyed by buffers, DropBlock and VIB from the global RNG the trainer checkpoints), SIGKILLed
+noise keyed by buffers, DropBlock masks and VIB noise from per-sample streams keyed by step), SIGKILLed
 right after a mid-epoch checkpoint and resumed, ends bit-identical to an uninterrupted run.
 Uses tests/engine/resume_worker.py (the shipped method, model and DeepSpeed engine)."""
 import os

@@ -61,3 +61,17 @@ def test_hebbian_options_checked_at_load():
     with pytest.raises(ConfigError, match="key 'engine.zero_stage'.*hebbian"):
         load_config(None, ["method.name=hebbian", "engine.zero_stage=3"])
     load_config(None, ["method.name=hebbian", "method.kwargs.supervised=pgd_at"])
+
+
+@pytest.mark.parametrize("option", ["p=abc", "freeze=maybe", "k=2.5", "hebbian_epochs=x"])
+def test_hebbian_options_are_typed(option):
+    # untyped, these crashed with a TypeError (p=abc) or were taken silently (freeze=maybe -> True, k=2.5 -> 2)
+    with pytest.raises(ConfigError, match=f"key 'method.kwargs.{option.split('=')[0]}'"):
+        load_config(None, ["method.name=hebbian", f"method.kwargs.{option}"])
+
+
+def test_hebbian_typed_options_reach_the_method():
+    from scaletrain.methods import create_method
+    m = create_method(load_config(None, ["method.name=hebbian", "method.kwargs.k=3", "method.kwargs.freeze=false",
+                                         "method.kwargs.init_std=null"]).method)
+    assert (m.k, m.freeze, m.init_std, m.p) == (3, False, None, 3.0)

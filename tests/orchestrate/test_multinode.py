@@ -2,7 +2,9 @@
 custom resource): a 2-worker run spread over both nodes, submitted with `scaletrain launch` and
 run with `scaletrain train engine.launcher=ray`; the second node's raylet is killed mid-run and
 `engine.max_failures` restarts the workers from the last checkpoint. The run folder lives on a
-path both nodes see (the shared-storage rule, docs/launch.md)."""
+path both nodes see (the shared-storage rule, docs/launch.md). Where mount namespaces are permitted
+(root, `unshare -m`), the second node runs in its own one with a tmpfs over one folder: that folder
+is genuinely node-local, and a run whose out_dir is there must stop with the shared-storage error."""
 import glob
 import json
 import os
@@ -27,10 +29,26 @@ RUN = ["method.attack.steps=3", "eval.attacks=[pgd]", "eval.eps=[0.0,0.1]", "eva
        "engine.launcher=ray", "engine.workers=2", "engine.placement=SPREAD"]
 
 
-def _ray(*args, env):
+def _ray(*args, env, node_local=None):
+    """`ray start --block ...`; with `node_local`, in a private mount namespace with a tmpfs mounted
+    over that folder (the node's processes see an empty folder there; the namespace and its mount
+    end with the node's last process)."""
     ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
-    return subprocess.Popen([ray_bin, "start", "--block", "--disable-usage-stats", *args], env=env,
-                            start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    cmd = [ray_bin, "start", "--block", "--disable-usage-stats", *args]
+    if node_local:
+        cmd = ["unshare", "-m", "--propagation", "private", "sh", "-c",
+               f'mount -t tmpfs tmpfs "{node_local}" && exec "$@"', "sh", *cmd]
+    return subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.STDOUT)
+
+
+def _can_mount_privately(folder) -> bool:
+    """Root with mount namespaces (unprivileged CI usually is not): unshare + tmpfs mount works."""
+    if not shutil.which("unshare"):
+        return False
+    r = subprocess.run(["unshare", "-m", "--propagation", "private", "sh", "-c",
+                        f'mount -t tmpfs tmpfs "{folder}" && umount "{folder}"'], capture_output=True)
+    return r.returncode == 0
 
 
 @pytest.fixture(scope="module")
@@ -56,13 +74,17 @@ def two_nodes(tmp_path_factory):
                 if time.time() > deadline or head.poll() is not None:
                     pytest.fail("the Ray head did not come up")
                 time.sleep(2)
+        local = temp / "node_local"      # node_b's own tmpfs (if permitted); shared everywhere else
+        local.mkdir()
+        local = str(local) if _can_mount_privately(local) else None
         procs.append(_ray(f"--address=127.0.0.1:{port}", "--node-ip-address=127.0.0.1", "--num-cpus=2",
-                          '--resources={"node_b": 2}', env=env))
+                          '--resources={"node_b": 2}', env=env, node_local=local))
         while len([n for n in ray.nodes() if n["Alive"]]) < 2:
             if time.time() > deadline + 60:
                 pytest.fail("the second Ray node did not join")
             time.sleep(1)
-        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "ray": ray}
+        yield {"address": f"127.0.0.1:{port}", "dashboard": f"http://127.0.0.1:{dash}", "ray": ray,
+               "node_local": local}
     finally:
         ray.shutdown()
         for p in reversed(procs):
@@ -98,6 +120,27 @@ def test_out_dir_not_visible_from_a_node_is_a_user_error(tmp_path):
     check_shared_storage(str(tmp_path / "shared"), token, "here")           # the driver's node sees it
     with pytest.raises(UserError, match="out_dir.*not shared.*node b1"):    # another node's view
         check_shared_storage(str(tmp_path / "elsewhere"), token, "b1")
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(180)
+def test_node_local_out_dir_on_two_nodes_fails_fast_naming_out_dir(two_nodes, tmp_path, capsys):
+    local = two_nodes["node_local"]
+    if local is None:
+        pytest.skip("mount namespaces are not permitted here (unshare -m + mount tmpfs needs root)")
+    # out_dir under the folder node_b sees as its own empty tmpfs: the worker placed there cannot
+    # see the driver's files. STRICT_SPREAD: one worker per node.
+    t0 = time.time()
+    rc = main(["train", f"out_dir={local}/runs", f"data.root={tmp_path}/data", "name=nodelocal", "train.epochs=1",
+               f"engine.ray_address={two_nodes['address']}", *RUN, "engine.placement=STRICT_SPREAD"])
+    seconds = time.time() - t0
+    err = capsys.readouterr().err
+    assert rc == 2, err[-3000:]
+    line = [ln for ln in err.splitlines() if "error:" in ln][-1]
+    assert f"key 'out_dir': {local}/runs is not shared" in line and "docs/launch.md" in line, line
+    assert "Ray node " + _node_b(two_nodes["ray"])[:12] in line          # names the node that cannot see it
+    assert not os.path.exists(os.path.join(local, "runs", "nodelocal", "report.json"))
+    assert seconds < 90, seconds                                          # fails fast, before any training
 
 
 @pytest.mark.ray

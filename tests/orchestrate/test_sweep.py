@@ -2,6 +2,7 @@
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,7 +88,13 @@ def test_sweep_file_errors_name_the_key(tmp_path, data_root):
            ({"space": {"optim.lr": {"grid": [0.1]}}, "scheduler": {"name": "asha", "metric": "clean_acc"}},
             "scheduler.metric"),
            ({"space": {"optim.lr": {"grid": [0.1]}}, "concurrency": -1}, "concurrency"),
-           ({"space": {"optim.lr": {"grid": ["x"]}}}, "optim.lr")]
+           ({"space": {"optim.lr": {"grid": ["x"]}}}, "optim.lr"),
+           ({"space": {"optim.lr": {"grid": [0.1, 0.2]}}, "search": "optuna"}, "space.optim.lr.grid"),
+           ({"space": {"optim.lr": {"choice": [[1], [2]]}}, "search": "optuna"}, "space.optim.lr.choice"),
+           ({"space": {"optim.lr": {"uniform": [0.1, 0.2]}}, "search": "optuna", "ensemble": {"size": 2}},
+            "ensemble.size"),
+           ({"space": {"optim.lrr": {"uniform": [0.1, 0.2]}}, "search": "optuna"}, "optim.lrr"),
+           ({"space": {"optim.lr": {"uniform": [0.1, 0.2]}}, "search": "tpe"}, "search")]
     for kw, key in bad:
         with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
             load_sweep(_sweep_file(tmp_path, data_root, **kw))
@@ -220,12 +227,15 @@ def test_train_ensemble_of_three(ray_local, tmp_path, data_root):
 @pytest.mark.timeout(400)
 def test_two_worker_trial_fits_a_torchtrainer_inside_tune(ray_local, tmp_path, data_root):
     # 2 workers x 0.5 logical CPU + the trial's 0.01: fits the 2-CPU local Ray (no deadlock)
+    # the second trial diverges (optim.lr=1e30): its workers' loss guard fails it, with the error
     f = _sweep_file(tmp_path, data_root, name="mw", concurrency=1, metric="clean_acc",
-                    space={"optim.lr": {"grid": [0.01]}}, resources={"workers": 2, "cpus_per_worker": 0.5},
-                    overrides=dict(TINY, **{"data.root": data_root, "tracking.wandb": False}))
+                    space={"optim.lr": {"grid": [0.01, 1e30]}}, resources={"workers": 2, "cpus_per_worker": 0.5},
+                    overrides=dict(TINY, **{"data.root": data_root, "tracking.wandb": False,
+                                            "optim.schedule": "constant"}))
     assert main(["sweep", f]) == 0
     folder = tmp_path / "sweeps" / "mw"
-    (row,) = _rows(str(folder))
+    row, nan = _rows(str(folder))
+    assert nan["status"] == "failed" and nan["error"].startswith("FloatingPointError: training loss is nan"), nan
     assert row["status"] == "ok" and float(row["clean_acc"]) > 0.5
     rep = json.loads((folder / "trials" / "t000" / "report.json").read_text())
     assert rep["train"]["world_size"] == 2
@@ -234,6 +244,89 @@ def test_two_worker_trial_fits_a_torchtrainer_inside_tune(ray_local, tmp_path, d
     with open(progress[0]) as fh:
         seen = [r for r in csv.DictReader(fh) if r.get("val_acc")]
     assert [int(float(r["epochs_done"])) for r in seen] == [1, 2]
+
+
+def test_optuna_proposals_are_seeded_and_inside_the_space(tmp_path, data_root):
+    pytest.importorskip("optuna")
+    from scaletrain.orchestrate import sweep_optuna
+    f = _sweep_file(tmp_path, data_root, search="optuna", seed=3, num_samples=4,
+                    space={"optim.lr": {"loguniform": [1e-4, 1e-2]}, "model.width": {"randint": [4, 9]},
+                           "method.name": {"choice": ["standard", "pgd_at"]}})
+    spec = load_sweep(f)
+    assert expand(spec)[0] == []                      # no fixed plan: Optuna proposes during the sweep
+
+    def proposals(seed):
+        spec.sweep.seed = seed
+        alg = sweep_optuna.searcher(spec, [], [], lambda *a: None)
+        alg.set_search_properties(None, None, sweep_optuna.param_space(spec))
+        return [alg.suggest(f"x{i}") for i in range(4)]
+    a, b, c = proposals(3), proposals(3), proposals(4)
+    assert a == b and a != c
+    for p in a:
+        assert 1e-4 <= p["optim.lr"] <= 1e-2 and 4 <= p["model.width"] <= 8
+        assert p["method.name"] in ("standard", "pgd_at")
+
+
+def test_optuna_missing_exits_2_saying_how_to_install(tmp_path, data_root, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # `import optuna` raises ImportError
+    f = _sweep_file(tmp_path, data_root, search="optuna", num_samples=2,
+                    space={"optim.lr": {"loguniform": [1e-4, 1e-2]}})
+    assert main(["sweep", f]) == 2
+    err = capsys.readouterr().err
+    assert "search: optuna" in err and "pip install optuna" in err
+    assert not os.path.exists(tmp_path / "sweeps" / "s" / "trials")     # stopped before any trial
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_optuna_sweep_on_ray_tune(ray_local, tmp_path, data_root):
+    pytest.importorskip("optuna")
+    f = _sweep_file(tmp_path, data_root, name="opt", search="optuna", num_samples=2, seed=1, concurrency=2,
+                    metric="clean_acc", space={"optim.lr": {"loguniform": [3e-3, 3e-2]},
+                                               "model.width": {"randint": [6, 10]}},
+                    overrides=dict(TINY, **{"data.root": data_root, "train.epochs": 1, "tracking.wandb": False,
+                                            "train.eval_every_epochs": 0}))
+    assert main(["sweep", f]) == 0
+    folder = tmp_path / "sweeps" / "opt"
+    rows = _rows(str(folder))
+    assert sorted(r["id"] for r in rows) == ["t000", "t001"]
+    for r in rows:
+        assert r["status"] == "ok" and float(r["clean_acc"]) > 0.3, r
+        assert 3e-3 <= float(r["optim.lr"]) <= 3e-2 and 6 <= int(r["model.width"]) <= 9
+        cfg = yaml.safe_load((folder / "trials" / r["id"] / "config.yaml").read_text())
+        assert cfg["optim"]["lr"] == pytest.approx(float(r["optim.lr"])) and cfg["model"]["width"] == int(r["model.width"])
+    assert rows[0]["optim.lr"] != rows[1]["optim.lr"]     # two distinct proposals
+    res = json.loads((folder / "results.json").read_text())
+    assert res["best"]["clean_acc"] == max(float(r["clean_acc"]) for r in rows)
+    # resume: t001 as if cut off before it ended (only its claimed values are left); the same command
+    # tells Optuna t000, re-runs t001 with its own values in its own folder, and nothing else
+    for p in (folder / "trials" / "t001").iterdir():
+        if p.name != "trial_params.json":
+            shutil.rmtree(p) if p.is_dir() else p.unlink()
+    assert main(["sweep", f]) == 0
+    inv = [json.loads(line) for line in open(folder / "invocations.jsonl")]
+    assert inv[1]["to_run"] == 1 and inv[1]["pending"] == ["t001"] and inv[1]["skipped"] == ["t000"]
+    again = {r["id"]: r for r in _rows(str(folder))}
+    assert sorted(again) == ["t000", "t001"] and again["t001"]["status"] == "ok"
+    before = {r["id"]: r for r in rows}
+    assert again["t001"]["optim.lr"] == before["t001"]["optim.lr"]
+    assert again["t001"]["model.width"] == before["t001"]["model.width"]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(300)
+def test_nan_loss_trial_is_failed_and_the_rest_finish(ray_local, tmp_path, data_root):
+    # optim.lr=1e30: the weights are NaN within a few steps; no loss is logged in this epoch
+    # (log_every > its 23 steps): the guard's epoch-end check ends that trial only
+    f = _sweep_file(tmp_path, data_root, name="nan", concurrency=2, metric="clean_acc",
+                    space={"optim.lr": {"grid": [0.01, 1e30]}},
+                    overrides=dict(TINY, **{"data.root": data_root, "train.epochs": 1, "tracking.wandb": False,
+                                            "optim.schedule": "constant", "train.log_every": 1000}))
+    assert main(["sweep", f]) == 0
+    rows = {r["id"]: r for r in _rows(str(tmp_path / "sweeps" / "nan"))}
+    assert rows["t000"]["status"] == "ok" and float(rows["t000"]["clean_acc"]) > 0.5
+    assert rows["t001"]["status"] == "failed"
+    assert rows["t001"]["error"].startswith("FloatingPointError: training loss is non-finite"), rows["t001"]["error"]
 
 
 def test_concurrent_runs_with_one_name_claim_distinct_folders(tmp_path):
