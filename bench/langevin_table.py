@@ -4,7 +4,7 @@
     python bench/langevin_table.py --mnist                 # MNIST (configs/mnist_<variant>.yaml)
     python bench/langevin_table.py --seeds 0 1 --only sgd baoab --epochs 2   # a quick look
     python bench/langevin_table.py --write-docs            # replace the table in docs/methods.md
-    python bench/langevin_table.py --mnist --epochs 1 --eval-samples 1000 --threads 2 --write-docs
+    python bench/langevin_table.py --mnist --epochs 1 --train-samples 9600 --eval-samples 500 --threads 2 --write-docs
                                                            # the MNIST table (section langevin-table-mnist)
 
 Every run is the shipped CLI (`scaletrain train CONFIG seed=S ...`, DeepSpeed engine) followed
@@ -82,12 +82,19 @@ def fmt(values, pct=True):
 
 
 def table(results, eps, seeds):
-    head = ["variant", "clean acc %"] + [f"PGD-20 ε={e:g} %" for e in eps] + ["robustness score", "s / run"]
+    ref = results.get("sgd") if len(seeds) > 1 else None  # paired by seed: same seeds, same order
+    key = f"pgd@{eps[0]:g}"
+    head = ["variant", "clean acc %"] + [f"PGD-20 ε={e:g} %" for e in eps] + ["robustness score"]
+    head += [f"Δ PGD ε={eps[0]:g} vs sgd, paired by seed (points)"] if ref else []
+    head += ["s / run"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for v, runs in results.items():
         ms = [m for m, _ in runs]
         row = [v, fmt([m["clean"] for m in ms])] + [fmt([m[f"pgd@{e:g}"] for m in ms]) for e in eps]
-        row += [fmt([m["score"] for m in ms], pct=False), f"{statistics.mean(w for _, w in runs):.0f}"]
+        row += [fmt([m["score"] for m in ms], pct=False)]
+        if ref:
+            row += ["" if v == "sgd" else fmt([m[key] - r[key] for m, (r, _) in zip(ms, ref)])]
+        row += [f"{statistics.mean(w for _, w in runs):.0f}"]
         lines.append("| " + " | ".join(row) + " |")
     notes = []
     for v, runs in results.items():
@@ -120,6 +127,8 @@ def main():
                     "MNIST 0.1 0.3)")
     ap.add_argument("--eval-samples", type=int, default=None, help="evaluate the first N test samples "
                     "(eval.max_samples; default: the whole test split)")
+    ap.add_argument("--train-samples", type=int, default=None, help="training samples per epoch: "
+                    "data.mode=resampled data.epoch_size=N (default: one pass over the training split)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per run, training and evaluation "
                     "(engine.cpu_threads, eval.cpu_threads; default: the configs' values)")
     ap.add_argument("--out", default=os.path.join(ROOT, "bench", "out", "langevin"))
@@ -132,6 +141,8 @@ def main():
     extra = ["eval.attacks=[pgd]", f"eval.eps=[0.0,{eps[0]},{eps[1]}]", "eval.pgd_steps=20"]
     if args.eval_samples is not None:
         extra.append(f"eval.max_samples={args.eval_samples}")
+    if args.train_samples is not None:
+        extra += ["data.mode=resampled", f"data.epoch_size={args.train_samples}"]
     if args.threads is not None:
         extra += [f"engine.cpu_threads={args.threads}", f"eval.cpu_threads={args.threads}"]
     load0 = os.getloadavg()
@@ -153,6 +164,8 @@ def main():
     load1 = os.getloadavg()
     cmd = " ".join(["python bench/langevin_table.py"] + sys.argv[1:])
     header = (f"{prefix}, {len(args.seeds)} seeds ({', '.join(map(str, args.seeds))}), `{cmd}`: {total / 60:.1f} min in all "
+              f"(the {sum(map(len, results.values()))} runs' own wall times add up to "
+              f"{sum(w for r in results.values() for _, w in r) / 60:.1f} min; finished runs in --out are reused) "
               f"on a shared 2-core CPU (load average {load0[0]:.1f} at the start, {load1[0]:.1f} at the end; "
               f"timings are noisy), {time.strftime('%Y-%m-%d', time.gmtime())}. Every run: "
               f"`{' '.join(extra)}`" + (f" (train.epochs = {args.epochs} + the Hebbian phase for hebbian)"
