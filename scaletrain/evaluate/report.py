@@ -191,8 +191,12 @@ def format_table(report: Dict[str, Any]) -> str:
         extra.append(f"ensemble of {len(report['members'])}: member robustness score "
                      f"{report['mean']['robustness_score']:.3f} +/- {report['std']['robustness_score']:.3f}")
     for st in report.get("stages") or []:
+        common = (f"side={st['image_size']} tokens={st['token_keep']:g} samples={st['samples']} "
+                  f"time={st['seconds']:.1f}s")
+        if not st["attack_fwd_bwd_passes"]:   # e.g. method standard: its config's attack section is unused
+            extra.append(f"stage {st['name']}: {st['method']} (no attack) {common}")
+            continue
         extra.append(f"stage {st['name']}: {st['method']}/{st['attack']} eps={st['attack_eps']:g} "
-                     f"steps={st['attack_steps']} side={st['image_size']} tokens={st['token_keep']:g} "
-                     f"samples={st['samples']} time={st['seconds']:.1f}s attack fwd+bwd={st['attack_fwd_bwd_passes']} "
+                     f"steps={st['attack_steps']} {common} attack fwd+bwd={st['attack_fwd_bwd_passes']} "
                      f"({st['attack_gflops']:.3g} GFLOPs)")
     return "\n".join([tail] + rows + extra)
