@@ -63,11 +63,10 @@ def _keep_strings_verbatim(cfg: DictConfig, overrides: Sequence[str]) -> None:
     for o in overrides:
         key, raw = o.split("=", 1)
         key = key.lstrip("+~")
+        parent_key, _, leaf = key.rpartition(".")
         try:
-            node = cfg._get_node(key) if "." not in key else OmegaConf.select(cfg, key.rsplit(".", 1)[0],
-                                                                              throw_on_missing=False)
-            if "." in key:
-                node = node._get_node(key.rsplit(".", 1)[1]) if isinstance(node, DictConfig) else None
+            parent = OmegaConf.select(cfg, parent_key, throw_on_missing=False) if parent_key else cfg
+            node = parent._get_node(leaf) if isinstance(parent, DictConfig) else None
         except OmegaConfBaseException:
             continue
         if not isinstance(node, StringNode) or raw.strip() in ("null", "~", ""):

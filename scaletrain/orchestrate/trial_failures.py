@@ -1,4 +1,6 @@
-"""How a sweep trial fails: a guard that ends a diverged run, and the one error line recorded.
+"""How a sweep trial fails: the guard that ends a diverged run (engine/guards.py, re-exported
+here; sweeps install it even when a trial's config sets train.stop_on_nonfinite=false), and the one
+error line recorded.
 
     with use_hooks(FiniteLossGuard()): train_worker(cfg)          # single-worker trial
     run_with_ray(cfg, hooks=[FiniteLossGuard()])                   # in every Ray Train worker

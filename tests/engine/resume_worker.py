@@ -6,26 +6,16 @@ env FORCE_COLLAPSE_AT=<step>: the fast_at guard's probe reports a catastrophic-o
 collapse (PGD accuracy 0, FGSM accuracy 1) at that step, so the guard fires and responds.
 """
 import os
-import signal
 import sys
 
 sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
 import torch  # noqa: E402
 
-from engine_helpers import Data, force_collapse_at, make_cfg  # noqa: E402
+from engine_helpers import Data, Killer, force_collapse_at, make_cfg  # noqa: E402
 from scaletrain.engine import Trainer, build_engine, cleanup, init_distributed  # noqa: E402
 from scaletrain.methods import create_method  # noqa: E402
 from scaletrain.models import create_model  # noqa: E402
-
-
-class Killer:
-    def __init__(self, step):
-        self.step = step
-
-    def on_checkpoint(self, trainer, path, metrics):
-        if trainer.engine.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 def main():

@@ -4,22 +4,14 @@ hook that SIGKILLs the process right after the checkpoint of optimizer step KILL
 usage: stages_worker.py CONFIG.yaml [overrides...]   (env KILL_AT=<step>, optional)
 """
 import os
-import signal
 import sys
 
+sys.path.insert(0, os.path.dirname(__file__))
 os.environ.setdefault("DS_ACCELERATOR", "cpu")
+from engine_helpers import Killer  # noqa: E402
 from scaletrain.config import load_config  # noqa: E402
 from scaletrain.engine import use_hooks  # noqa: E402
 from scaletrain.run import train  # noqa: E402
-
-
-class Killer:
-    def __init__(self, step):
-        self.step = step
-
-    def on_checkpoint(self, trainer, path, metrics):
-        if trainer.engine.global_step == self.step:
-            os.kill(os.getpid(), signal.SIGKILL)
 
 
 if __name__ == "__main__":
