@@ -109,7 +109,8 @@ class PGD(Attack):
         return default_alpha(self.eps, self.steps)
 
     def _direction(self, g, state):
-        return normalize_grad(g, self.norm)
+        # ``g`` is this step's own gradient (nothing else holds it): the L-inf sign is taken in place
+        return g.sign_() if self.norm == "linf" else normalize_grad(g, self.norm)
 
     def _run(self, model, x, y, generator):
         if not (self.track_best or self.restarts > 1):
@@ -152,9 +153,10 @@ class PGD(Attack):
                     state = {k: v[keep] for k, v in state.items()}
                     if self.norm == "linf":
                         lo, hi = lo[keep], hi[keep]
-            x_adv = x_adv + a * self._direction(g, state)
-            x_adv = torch.max(torch.min(x_adv, hi), lo) if self.norm == "linf" else \
-                project(x_adv, x, self.eps, self.norm)
+            # one new tensor per step: the L-inf box is applied in place (lo <= hi, so clamp(lo, hi) is
+            # the projection onto the ball intersected with [0, 1])
+            x_adv = torch.add(x_adv, self._direction(g, state), alpha=a)
+            x_adv = x_adv.clamp_(lo, hi) if self.norm == "linf" else project(x_adv, x, self.eps, self.norm)
         if best is not None:
             with torch.no_grad():
                 logits = self.forward(model, x_adv)
