@@ -11,13 +11,15 @@
 
 Same trained model (the default digits CNN, trained here in seconds), same batch, same
 hyper-parameters. Each measurement is the median of ``--repeats`` runs, ours and theirs
-interleaved so that a shared machine's load hits both alike; one warm-up run each.
+interleaved so that a shared machine's load hits both alike; one warm-up run each (``--eval-cost``:
+no warm-up, >= 3 rounds in ABBA order, round i seeds every variant's random starts with i).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -100,11 +102,15 @@ def eval_cost(model, x, y, device, repeats, eps=0.3, alpha=0.01, steps=50, resta
 
     threads = torch.get_num_threads()
     data = [(x, y)]
+    rnd = [0]      # the round: every variant draws its random starts from seed = round (ours: eval.seed)
 
     def suite(eps_list, nested=True):
-        cfg = EvalConfig(attacks=["pgd"], eps=list(eps_list), pgd_steps=steps, pgd_alpha=alpha, restarts=restarts,
-                         batch_size=x.shape[0], nested=nested, cpu_threads=threads)
-        return lambda: evaluate_model(model, data, cfg, device=device, progress=False)
+        def run():
+            cfg = EvalConfig(attacks=["pgd"], eps=list(eps_list), pgd_steps=steps, pgd_alpha=alpha,
+                             restarts=restarts, batch_size=x.shape[0], nested=nested, cpu_threads=threads,
+                             seed=rnd[0])
+            return evaluate_model(model, data, cfg, device=device, progress=False)
+        return run
 
     def ta_multi():
         atk = ta.MultiAttack([ta.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
@@ -126,38 +132,46 @@ def eval_cost(model, x, y, device, repeats, eps=0.3, alpha=0.01, steps=50, resta
             "ours: curve, nested": suite(grid), "ours: curve, independent": suite(grid, nested=False)}
     if column_only:
         runs = {k: runs[k] for k in ("ours: column", "torchattacks MultiAttack")}
-    times = {k: [] for k in runs}
-    acc, passes = {}, {}
+    times, acc, passes, faults = ({k: [] for k in runs} for _ in range(4))
     seen = []
     hook = model.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
     for i in range(repeats):          # interleaved: each round sees one load for every variant
         order = list(runs.items()) if i % 2 == 0 else list(runs.items())[::-1]   # ABBA: neither always first
         for k, fn in order:
             seen.clear()
+            rnd[0] = i
+            torch.manual_seed(i)       # torchattacks draws its starts from the global RNG
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t, out = _timed(fn, device)
+            faults[k].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
             times[k].append(t)
-            print(f"round {i + 1}: {k} {t:.2f} s, {sum(seen)} sample-passes", flush=True)
-            passes[k] = sum(seen)      # samples through the model (forward; most with a backward)
-            acc[k] = out["attacks"]["pgd"]["acc"][-1] if isinstance(out, dict) else out
+            passes[k].append(sum(seen))  # samples through the model (forward; most with a backward)
+            acc[k].append(out["attacks"]["pgd"]["acc"][-1] if isinstance(out, dict) else out)
+            print(f"round {i + 1}: {k} {t:.2f} s, {sum(seen)} sample-passes, robust acc {100 * acc[k][-1]:.2f}%, "
+                  f"{faults[k][-1]} page faults", flush=True)
     hook.remove()
     base = times["ours: column"]
     rows = []
     for k in runs:
         ratios = sorted(t / b for t, b in zip(times[k], base))
-        rows.append({"variant": k, "seconds": statistics.median(times[k]), "acc": acc[k], "passes": passes[k],
-                     "pass_ratio": passes[k] / passes["ours: column"],
-                     "ms_per_kpass": 1e3 * statistics.median(times[k]) / max(passes[k], 1) * 1e3,
+        p = statistics.median(passes[k])
+        rows.append({"variant": k, "seconds": statistics.median(times[k]), "acc": statistics.mean(acc[k]),
+                     "passes": p, "pass_ratio": p / statistics.median(passes["ours: column"]),
+                     "ms_per_kpass": statistics.median(1e6 * t / max(n, 1) for t, n in zip(times[k], passes[k])),
+                     "faults": statistics.median(faults[k]),
                      "ratio": statistics.median(ratios), "lo": ratios[0], "hi": ratios[-1]})
     return rows
 
 
 def cost_table(rows):
     """``time / ours-column`` of the torchattacks rows is the speed-up theirs / ours (> 1: ours faster)."""
-    lines = ["| variant | seconds (median) | robust acc at the largest eps | time / ours-column, median of rounds | "
-             "range | sample-passes through the model | passes / ours-column | ms per 1,000 passes |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['seconds']:.1f} | {100 * r['acc']:.2f}% | {r['ratio']:.3f} | "
-              f"{r['lo']:.3f}-{r['hi']:.3f} | {r['passes']:,} | {r['pass_ratio']:.3f} | {r['ms_per_kpass']:.0f} |"
+    lines = ["| variant | seconds (median) | robust acc at the largest eps (mean of rounds) | time / ours-column, "
+             "median of rounds | range | sample-passes through the model (median) | passes / ours-column | "
+             "ms per 1,000 passes (median) | page faults (median) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['seconds']:.2f} | {100 * r['acc']:.2f}% | {r['ratio']:.3f} | "
+              f"{r['lo']:.3f}-{r['hi']:.3f} | {r['passes']:,.0f} | {r['pass_ratio']:.3f} | {r['ms_per_kpass']:.1f} | "
+              f"{r['faults']:,.0f} |"
               for r in rows]
     return "\n".join(lines)
 
