@@ -119,6 +119,10 @@ class Trainer:
         self._loader_state = None
         self._meter = self._new_meter()
         self.is_rank0 = engine.rank == 0
+        # read every step: plain ints (OmegaConf attribute access costs ~0.05 ms a key)
+        self._log_every, self._ckpt_every = int(cfg.train.log_every or 0), int(cfg.train.ckpt_every or 0)
+        self._micro_batch = int(cfg.data.batch_size)
+        self._seeds: Dict[int, int] = {}
         for s in self.stages:  # `epochs` counts gradient passes: replaying methods (Free AT) run epochs / m
             s.replays = int(self._method(s.index).replays)
             s.epochs = -(-s.epochs // s.replays)
@@ -210,7 +214,7 @@ class Trainer:
             if method.handles(Event.AFTER_STEP):
                 method.after_step(ctx)
             self._accumulate(loss, logits, y0, info)
-            if moved and self.cfg.train.log_every and eng.global_step % self.cfg.train.log_every == 0:
+            if moved and self._log_every and eng.global_step % self._log_every == 0:
                 self._log(si, ep, eng.lr)
         bind_sample_rng(eng.module, None)
         if ctx.rollback_reason:
@@ -298,7 +302,7 @@ class Trainer:
         time and stop decisions are all-reduced, so every rank saves (and stops) at the same step.
         By steps: when the batch crossed a multiple of ckpt_every (a replaying method such as
         Free AT makes m steps per batch; checkpoints fall at batch ends)."""
-        every, step = self.cfg.train.ckpt_every, self.engine.global_step
+        every, step = self._ckpt_every, self.engine.global_step
         stop, due = self.stopper.poll() if self.stopper is not None else (False, False)
         if (every and step // every > before // every) or due or stop:
             self.save_checkpoint(loader, interrupted=self.stopper.reason if stop else None)
@@ -418,16 +422,18 @@ class Trainer:
         `global_step` holds samples [step * B, (step + 1) * B); rank r's k-th accumulated
         micro-batch is its slice (r * grad_accum + k) (the loaders' layout), so 1 rank with
         accumulation and N ranks give each sample the same index."""
-        e, mbs = self.engine, int(self.cfg.data.batch_size)
+        e, mbs = self.engine, self._micro_batch
         ga = e.grad_accum
         gbs = mbs * ga * e.world_size
         start = e.global_step * gbs + (e.rank * ga + e.micro_step % ga) * mbs
         return torch.arange(start, start + n, dtype=torch.int64)
 
     def _method_seed(self, si: int) -> int:
-        spec = self.stages[si].method or self.cfg.method
-        seed = spec.get("seed", None)
-        return int(self.cfg.seed if seed is None else seed)
+        if si not in self._seeds:
+            spec = self.stages[si].method or self.cfg.method
+            seed = spec.get("seed", None)
+            self._seeds[si] = int(self.cfg.seed if seed is None else seed)
+        return self._seeds[si]
 
     def _alert(self, title: str, text: str, metrics: Dict[str, float]) -> None:
         step = self.engine.global_step

@@ -20,10 +20,12 @@ The inner max runs on `ctx.attack_model` (the unwrapped module) in the attack's
 """
 from __future__ import annotations
 
+from types import SimpleNamespace
 from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 
 from . import register_method
 from .base import Event, Method, MethodOutput, hard_labels
@@ -39,6 +41,14 @@ def soft_ce(logits: torch.Tensor, y: torch.Tensor, label_smoothing: float = 0.0)
 def warmup(value: float, step: int, steps: int) -> float:
     """Linear ramp: value * min(1, (step + 1) / steps) (no ramp when steps == 0)."""
     return value if steps <= 0 else value * min(1.0, (step + 1) / steps)
+
+
+def plain_section(node):
+    """A validated config section as plain attributes (nested mappings as dicts): read every step,
+    OmegaConf's attribute access cost ~0.05 ms a key, ~0.3 ms of a 25 ms MNIST fast-AT step."""
+    if isinstance(node, DictConfig):
+        return SimpleNamespace(**OmegaConf.to_container(node, resolve=True))
+    return node
 
 
 def attack_labels(model, x, y, target: str) -> torch.Tensor:
@@ -60,7 +70,7 @@ class AdversarialMethod(Method):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.attack_cfg = cfg.attack
+        self.attack_cfg = plain_section(cfg.attack)
         self.clean_weight = float(cfg.clean_weight)
         self.label_smoothing = float(cfg.label_smoothing)
         self.target = str(cfg.attack_target)

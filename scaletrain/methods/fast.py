@@ -32,7 +32,7 @@ from typing import Tuple
 import torch
 
 from . import register_method
-from .adversarial import AdversarialMethod, attack_labels, pgd_at_loss, soft_ce
+from .adversarial import AdversarialMethod, attack_labels, pgd_at_loss, plain_section, soft_ce
 from .base import Event, MethodOutput, hard_labels
 from ..attacks import create_attack
 from ..errors import ConfigError
@@ -73,7 +73,7 @@ class FastAT(AdversarialMethod):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        self.guard = cfg.guard
+        self.guard = plain_section(cfg.guard)
         self.best_pgd, self.last_pgd, self.last_fgsm = 0.0, -1.0, -1.0
         self.probes, self.responses = 0, 0
         self.fired_at: list = []
