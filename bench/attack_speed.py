@@ -6,17 +6,22 @@
     python bench/attack_speed.py --device cuda --batch 4096  # on a GPU
     python bench/attack_speed.py --eval-cost --run bench/out/mnist/fast_at --batch 500 --threads 1
         # the evaluation suite's PGD-50 x 10 column vs torchattacks, and a curve vs its largest column
+    nice -n 5 python bench/attack_speed.py --eval-cost --column-only --run bench/out/mnist/fast_at \
+        --batch 200 --threads 1 --repeats 5     # only the column: ours, theirs, ours, theirs, ...
 
 Same trained model (the default digits CNN, trained here in seconds), same batch, same
 hyper-parameters. Each measurement is the median of ``--repeats`` runs, ours and theirs
-interleaved so that a shared machine's load hits both alike; one warm-up run each.
+interleaved so that a shared machine's load hits both alike; one warm-up run each (``--eval-cost``:
+no warm-up, >= 3 rounds in ABBA order, round i seeds every variant's random starts with i).
 """
 from __future__ import annotations
 
 import argparse
 import os
 import platform
+import resource
 import statistics
+import subprocess
 import sys
 import time
 
@@ -84,22 +89,28 @@ def _timed(fn, device):
     return time.perf_counter() - t, out
 
 
-def eval_cost(model, x, y, device, repeats, eps=0.3, alpha=0.01, steps=50, restarts=10, grid=(0.1, 0.2, 0.3)):
+def eval_cost(model, x, y, device, repeats, eps=0.3, alpha=0.01, steps=50, restarts=10, grid=(0.1, 0.2, 0.3),
+              column_only=False):
     """Paired timings of (1) `evaluate_model`'s PGD-`steps` x `restarts` column at `eps` (the path of
     `scaletrain eval`) against torchattacks on the same model and batch: `MultiAttack` of `restarts`
     PGDs (torchattacks' own survivors-only restarts) and a plain loop of `restarts` full-batch PGDs;
-    (2) a curve over `grid` against its largest-epsilon column, nested (default) and independent."""
+    (2) a curve over `grid` against its largest-epsilon column, nested (default) and independent.
+    ``column_only``: only (1)'s suite column and MultiAttack, alternating."""
     import torchattacks as ta
     from scaletrain.config.schema import EvalConfig
     from scaletrain.evaluate import evaluate_model
 
     threads = torch.get_num_threads()
     data = [(x, y)]
+    rnd = [0]      # the round: every variant draws its random starts from seed = round (ours: eval.seed)
 
     def suite(eps_list, nested=True):
-        cfg = EvalConfig(attacks=["pgd"], eps=list(eps_list), pgd_steps=steps, pgd_alpha=alpha, restarts=restarts,
-                         batch_size=x.shape[0], nested=nested, cpu_threads=threads)
-        return lambda: evaluate_model(model, data, cfg, device=device, progress=False)
+        def run():
+            cfg = EvalConfig(attacks=["pgd"], eps=list(eps_list), pgd_steps=steps, pgd_alpha=alpha,
+                             restarts=restarts, batch_size=x.shape[0], nested=nested, cpu_threads=threads,
+                             seed=rnd[0])
+            return evaluate_model(model, data, cfg, device=device, progress=False)
+        return run
 
     def ta_multi():
         atk = ta.MultiAttack([ta.PGD(model, eps=eps, alpha=alpha, steps=steps, random_start=True)
@@ -119,35 +130,58 @@ def eval_cost(model, x, y, device, repeats, eps=0.3, alpha=0.01, steps=50, resta
 
     runs = {"ours: column": suite([eps]), "torchattacks MultiAttack": ta_multi, "torchattacks loop": ta_loop,
             "ours: curve, nested": suite(grid), "ours: curve, independent": suite(grid, nested=False)}
-    times = {k: [] for k in runs}
-    acc, passes = {}, {}
+    if column_only:
+        runs = {k: runs[k] for k in ("ours: column", "torchattacks MultiAttack")}
+    times, acc, passes, faults = ({k: [] for k in runs} for _ in range(4))
     seen = []
     hook = model.register_forward_hook(lambda m, i, o: seen.append(o.shape[0]))
-    for _ in range(repeats):          # interleaved: each round sees one load for every variant
-        for k, fn in runs.items():
+    for i in range(repeats):          # interleaved: each round sees one load for every variant
+        order = list(runs.items()) if i % 2 == 0 else list(runs.items())[::-1]   # ABBA: neither always first
+        for k, fn in order:
             seen.clear()
+            rnd[0] = i
+            torch.manual_seed(i)       # torchattacks draws its starts from the global RNG
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t, out = _timed(fn, device)
+            faults[k].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
             times[k].append(t)
-            passes[k] = sum(seen)      # samples through the model (forward; most with a backward)
-            acc[k] = out["attacks"]["pgd"]["acc"][-1] if isinstance(out, dict) else out
+            passes[k].append(sum(seen))  # samples through the model (forward; most with a backward)
+            acc[k].append(out["attacks"]["pgd"]["acc"][-1] if isinstance(out, dict) else out)
+            print(f"round {i + 1}: {k} {t:.2f} s, {sum(seen)} sample-passes, robust acc {100 * acc[k][-1]:.2f}%, "
+                  f"{faults[k][-1]} page faults", flush=True)
     hook.remove()
     base = times["ours: column"]
     rows = []
     for k in runs:
         ratios = sorted(t / b for t, b in zip(times[k], base))
-        rows.append({"variant": k, "seconds": statistics.median(times[k]), "acc": acc[k], "passes": passes[k],
-                     "pass_ratio": passes[k] / passes["ours: column"],
+        p = statistics.median(passes[k])
+        rows.append({"variant": k, "seconds": statistics.median(times[k]), "acc": statistics.mean(acc[k]),
+                     "passes": p, "pass_ratio": p / statistics.median(passes["ours: column"]),
+                     "ms_per_kpass": statistics.median(1e6 * t / max(n, 1) for t, n in zip(times[k], passes[k])),
+                     "faults": statistics.median(faults[k]),
                      "ratio": statistics.median(ratios), "lo": ratios[0], "hi": ratios[-1]})
     return rows
 
 
 def cost_table(rows):
-    lines = ["| variant | seconds (median) | robust acc at the largest eps | time / ours-column, median of rounds | "
-             "range | sample-passes through the model | passes / ours-column |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
-    lines += [f"| {r['variant']} | {r['seconds']:.1f} | {100 * r['acc']:.2f}% | {r['ratio']:.2f} | "
-              f"{r['lo']:.2f}-{r['hi']:.2f} | {r['passes']} | {r['pass_ratio']:.2f} |" for r in rows]
+    """``time / ours-column`` of the torchattacks rows is the speed-up theirs / ours (> 1: ours faster)."""
+    lines = ["| variant | seconds (median) | robust acc at the largest eps (mean of rounds) | time / ours-column, "
+             "median of rounds | range | sample-passes through the model (median) | passes / ours-column | "
+             "ms per 1,000 passes (median) | page faults (median) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    lines += [f"| {r['variant']} | {r['seconds']:.2f} | {100 * r['acc']:.2f}% | {r['ratio']:.3f} | "
+              f"{r['lo']:.3f}-{r['hi']:.3f} | {r['passes']:,.0f} | {r['pass_ratio']:.3f} | {r['ms_per_kpass']:.1f} | "
+              f"{r['faults']:,.0f} |"
+              for r in rows]
     return "\n".join(lines)
+
+
+def uptime():
+    """`uptime`'s line (load averages over 1, 5 and 15 minutes)."""
+    try:
+        return subprocess.run(["uptime"], capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "load average: " + ", ".join(f"{v:.2f}" for v in os.getloadavg())
 
 
 def run_model_and_batch(run, n, device):
@@ -228,6 +262,8 @@ def main(argv=None):
     p.add_argument("--eval-cost", action="store_true",
                    help="only the evaluation-cost table: PGD-50 x 10 column vs torchattacks, curve vs column")
     p.add_argument("--run", default=None, help="--eval-cost: a finished run folder (its model, its test images)")
+    p.add_argument("--column-only", action="store_true",
+                   help="--eval-cost: only the suite's column and torchattacks' MultiAttack, alternating")
     a = p.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -279,20 +315,32 @@ def main(argv=None):
 def main_eval_cost(a, argv):
     if a.run:
         model, x, y = run_model_and_batch(a.run, a.batch, a.device)
+        if a.threads:                   # load_run applies the run's engine.cpu_threads: --threads wins
+            torch.set_num_threads(a.threads)
         what = f"the model of `{a.run}` and the first {x.shape[0]} images of its test split"
     else:
         model = trained_digits_model().to(a.device)
         _, (xt, yt) = digits_split()
         x, y = xt[: a.batch].to(a.device), yt[: a.batch].to(a.device)
         what = f"the default digits CNN and {x.shape[0]} test digits"
+    if a.update_docs and a.column_only:
+        raise SystemExit("--eval-cost --column-only: --update-docs would drop the curve rows; edit the docs by hand")
+    if a.repeats < 3:
+        raise SystemExit("--eval-cost: use --repeats >= 3 (rounds of interleaved runs; one round says little "
+                         "on a shared machine)")
     model.eval()
-    load0 = os.getloadavg()
-    rows = eval_cost(model, x, y, a.device, a.repeats)
-    load1 = os.getloadavg()
+    up0, load0 = uptime(), os.getloadavg()
+    print(f"before: {up0}", flush=True)
+    rows = eval_cost(model, x, y, a.device, a.repeats, column_only=a.column_only)
+    up1, load1 = uptime(), os.getloadavg()
     table = cost_table(rows)
     cmd = "python bench/attack_speed.py " + " ".join(argv if argv is not None else sys.argv[1:])
     desc = machine(a.device)
-    print(f"machine: {desc}\nload average before {load0[0]:.1f}, after {load1[0]:.1f}\n\n{table}\n")
+    malloc = " ".join(f"{k}={v}" for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_")) or "glibc defaults"
+    theirs = next(r for r in rows if r["variant"] == "torchattacks MultiAttack")
+    print(f"machine: {desc}; malloc: {malloc}\nbefore: {up0}\nafter:  {up1}\n\n{table}\n\n"
+          f"speed-up torchattacks MultiAttack / ours, median of {a.repeats} rounds: {theirs['ratio']:.3f} "
+          f"(range {theirs['lo']:.3f}-{theirs['hi']:.3f})\n")
     if a.update_docs:
         docs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "benchmarks.md")
         update_section(docs, COST_HEADING, (

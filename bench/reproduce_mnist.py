@@ -26,8 +26,9 @@ an evaluation whose report / json exists is not run again; --fresh redoes everyt
    Wong et al.'s own protocol (bench/wong_eval.py: only still-correct samples step, and per sample
    the restart of largest loss is kept), and the AutoAttack-style preset on --aa-samples images;
    the plain loop's model under Wong et al.'s protocol too;
-5. speed: scaletrain's fast AT and the plain loop for --speed-epochs epochs, started together with
-   --threads threads each, `uptime` before and after: scaletrain's steps/s over the plain loop's.
+5. speed: scaletrain's fast AT and the plain loop for --speed-epochs epochs (default 10: the whole
+   recipe), --threads threads each, run one after the other plain / scaletrain / plain / scaletrain,
+   `uptime` before each: scaletrain's steps/s over the plain loop's, per adjacent pair.
 
 --only fast_at (seed sweeps): only step 2's `scaletrain train` run (no plain loop, no PGD-40), then Wong
 et al.'s protocol on the first --pgd-samples images; <out>/fast_at_summary.json. --data-root reads
@@ -287,7 +288,8 @@ def main(argv=None):
     p.add_argument("--eval-threads", type=int, default=1, help="eval.cpu_threads and wong_eval.py --threads")
     p.add_argument("--pgd-samples", type=int, default=10000, help="test images for PGD-50 x 10 (all: 10000)")
     p.add_argument("--aa-samples", type=int, default=1000, help="test images for the AutoAttack-style preset (0: skip)")
-    p.add_argument("--speed-epochs", type=int, default=2, help="epochs of the paired speed runs (600 steps each)")
+    p.add_argument("--speed-epochs", type=int, default=10,
+                   help="epochs of the paired speed runs (600 steps each; 10 = the whole recipe)")
     p.add_argument("--only", choices=["train", "speed", "fast_at", "all"], default="all",
                    help="train only (evaluate later), only the paired speed runs, or only the fast-AT run "
                         "and its Wong-protocol evaluation on --pgd-samples images (seed sweeps)")

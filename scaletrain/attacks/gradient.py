@@ -33,15 +33,39 @@ class _BestTracker:
         self.loss = torch.full((n,), float("-inf"), device=x.device)
         self.fooled = torch.zeros(n, dtype=torch.bool, device=x.device)
 
-    def update(self, x_adv, loss, fooled, rows=None):
-        """Record iterates ``x_adv`` of the samples ``rows`` (default: all, in order)."""
-        if rows is None:
-            rows = torch.arange(self.x.shape[0], device=self.x.device)
-        take = ~self.fooled[rows] & (fooled | (loss > self.loss[rows]))
-        r = rows[take]
-        self.x[r] = x_adv[take]
-        self.loss[r] = loss[take]
-        self.fooled[rows[fooled]] = True
+    def walk(self, rows: torch.Tensor) -> "_WalkRecord":
+        return _WalkRecord(self, rows)
+
+
+class _WalkRecord:
+    """The tracker's entries of the samples ``rows`` of one walk, aligned with the walk's batch: each
+    step updates them with elementwise selects (no per-step gather and scatter over the whole batch);
+    ``drop`` writes back the samples that leave the walk, ``close`` the rest."""
+
+    def __init__(self, best: _BestTracker, rows: torch.Tensor):
+        self.best, self.rows = best, rows
+        self.x, self.loss, self.fooled = best.x[rows], best.loss[rows], best.fooled[rows]
+
+    def update(self, x_adv, loss, fooled):
+        """Record the iterate ``x_adv`` where it fools the model first or raises the objective."""
+        take = ~self.fooled & (fooled | (loss > self.loss))
+        torch.where(take.view(-1, *([1] * (x_adv.dim() - 1))), x_adv, self.x, out=self.x)
+        self.loss = torch.where(take, loss.to(self.loss.dtype), self.loss)
+        self.fooled |= fooled
+
+    def drop(self, leave):
+        """Write back the samples ``leave`` (a mask) and keep the others."""
+        self._write(leave)
+        keep = ~leave
+        self.rows, self.x, self.loss, self.fooled = self.rows[keep], self.x[keep], self.loss[keep], self.fooled[keep]
+
+    def close(self):
+        self._write(None)
+
+    def _write(self, sel):
+        x, loss, fooled, rows = (self.x, self.loss, self.fooled, self.rows) if sel is None else \
+            (self.x[sel], self.loss[sel], self.fooled[sel], self.rows[sel])
+        self.best.x[rows], self.best.loss[rows], self.best.fooled[rows] = x, loss, fooled
 
 
 def subset_rng(generator, idx, *key):
@@ -109,7 +133,8 @@ class PGD(Attack):
         return default_alpha(self.eps, self.steps)
 
     def _direction(self, g, state):
-        return normalize_grad(g, self.norm)
+        # ``g`` is this step's own gradient (nothing else holds it): the L-inf sign is taken in place
+        return g.sign_() if self.norm == "linf" else normalize_grad(g, self.norm)
 
     def _run(self, model, x, y, generator):
         if not (self.track_best or self.restarts > 1):
@@ -135,30 +160,34 @@ class PGD(Attack):
         """One random start and ``steps`` steps; with ``best``, every iterate is recorded in it (as
         samples ``rows``) and samples drop out of the walk once fooled."""
         x_adv = _random_start(x, self.eps, self.norm, generator) if self.random_start else x.clone()
+        rec = best.walk(rows) if best is not None else None
         if self.norm == "linf":
             # the L-inf ball intersected with [0, 1] is a box: one clamp per step
             lo, hi = (x - self.eps).clamp_(min=0.0), (x + self.eps).clamp_(max=1.0)
         state = {}
         for a in self.sizes:
             loss, g, logits = self.loss_and_grad(model, x_adv, y)
-            if best is not None:
+            if rec is not None:
                 fooled = self.fooled(logits, y)
-                best.update(x_adv, loss, fooled, rows)
+                rec.update(x_adv, loss, fooled)
                 if self._drop and fooled.any():
+                    rec.drop(fooled)
                     keep = ~fooled
                     if not keep.any():
                         return None
-                    x_adv, g, x, y, rows = x_adv[keep], g[keep], x[keep], y[keep], rows[keep]
+                    x_adv, g, x, y = x_adv[keep], g[keep], x[keep], y[keep]
                     state = {k: v[keep] for k, v in state.items()}
                     if self.norm == "linf":
                         lo, hi = lo[keep], hi[keep]
-            x_adv = x_adv + a * self._direction(g, state)
-            x_adv = torch.max(torch.min(x_adv, hi), lo) if self.norm == "linf" else \
-                project(x_adv, x, self.eps, self.norm)
-        if best is not None:
+            # one new tensor per step: the L-inf box is applied in place (lo <= hi, so clamp(lo, hi) is
+            # the projection onto the ball intersected with [0, 1])
+            x_adv = torch.add(x_adv, self._direction(g, state), alpha=a)
+            x_adv = x_adv.clamp_(lo, hi) if self.norm == "linf" else project(x_adv, x, self.eps, self.norm)
+        if rec is not None:
             with torch.no_grad():
                 logits = self.forward(model, x_adv)
-                best.update(x_adv, self.objective(logits, y), self.fooled(logits, y), rows)
+                rec.update(x_adv, self.objective(logits, y), self.fooled(logits, y))
+            rec.close()
         return x_adv
 
 
