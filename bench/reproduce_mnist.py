@@ -3,6 +3,8 @@
     python bench/reproduce_mnist.py                     # everything below, at this machine's budget
     python bench/reproduce_mnist.py --pgd-epochs 10     # the PGD-40 run at fast AT's 10 epochs
     python bench/reproduce_mnist.py --full              # + the published PGD row's recipe, 100 epochs (GPU)
+    python bench/reproduce_mnist.py --only fast_at --seed 3 --out bench/out/mnist-s3 --pgd-samples 1000
+                                                        # one more fast-AT seed: train, Wong et al.'s protocol
 
 Runs (outputs under --out, default bench/out/mnist; a run whose model.pt exists is not trained again,
 an evaluation whose report / json exists is not run again; --fresh redoes everything):
@@ -28,6 +30,11 @@ an evaluation whose report / json exists is not run again; --fresh redoes everyt
    recipe), --threads threads each, run one after the other plain / scaletrain / plain / scaletrain,
    `uptime` before each: scaletrain's steps/s over the plain loop's, per adjacent pair.
 
+--only fast_at (seed sweeps): only step 2's `scaletrain train` run (no plain loop, no PGD-40), then Wong
+et al.'s protocol on the first --pgd-samples images; <out>/fast_at_summary.json. --data-root reads
+shards written earlier (any folder of official-split shards of the same IDX files; nothing is written
+there) instead of writing <out>/data-official.
+
 Results: <out>/results.json and a table on stdout (docs/benchmarks.md quotes them).
 """
 from __future__ import annotations
@@ -51,7 +58,7 @@ PUBLISHED = {"fast_at": "98.50 / 88.77", "fast_at_plain": "98.50 / 88.77", "madr
 
 def common(a, name):
     return [f"name={name}", f"out_dir={a.out}", "resume=auto", f"seed={a.seed}",
-            "data.source=idx", f"data.path={os.path.abspath(a.data)}", f"data.root={a.out}/data-official",
+            "data.source=idx", f"data.path={os.path.abspath(a.data)}", f"data.root={a.data_root}",
             "data.split=official", "data.val_fraction=0.0", "data.shard_samples=2000", "data.shuffle_buffer=10000",
             "data.eval_batch_size=1000",
             "model.name=wong_mnist", "model.image_size=28", "model.in_channels=1", "model.width=16",
@@ -183,6 +190,21 @@ def wong_protocol(a, model, dest):
             "wong_eval_seconds": r["seconds"]}
 
 
+def fast_at_only(a):
+    """Seed sweeps: the fast-AT `scaletrain train` run alone (no plain loop, no PGD-40), then Wong et al.'s
+    protocol on the first --pgd-samples official test images (0: training only)."""
+    up = _uptime()
+    train(a, "fast_at", fast_at_overrides(a))
+    res = {"seed": a.seed, "uptime_before": up, **train_info(a, "fast_at")}
+    if a.pgd_samples:
+        res.update(wong_protocol(a, os.path.join(a.out, "fast_at"),
+                                 os.path.join(a.out, "fast_at", f"wong_n{a.pgd_samples}.json")))
+    res["uptime_after"] = _uptime()
+    with open(os.path.join(a.out, "fast_at_summary.json"), "w") as f:
+        json.dump(res, f, indent=1)
+    return res
+
+
 def _uptime():
     return subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
 
@@ -268,17 +290,25 @@ def main(argv=None):
     p.add_argument("--aa-samples", type=int, default=1000, help="test images for the AutoAttack-style preset (0: skip)")
     p.add_argument("--speed-epochs", type=int, default=10,
                    help="epochs of the paired speed runs (600 steps each; 10 = the whole recipe)")
-    p.add_argument("--only", choices=["train", "speed", "all"], default="all",
-                   help="train only (evaluate later), or only the paired speed runs")
+    p.add_argument("--only", choices=["train", "speed", "fast_at", "all"], default="all",
+                   help="train only (evaluate later), only the paired speed runs, or only the fast-AT run "
+                        "and its Wong-protocol evaluation on --pgd-samples images (seed sweeps)")
+    p.add_argument("--data-root", default=None,
+                   help="an existing folder of official-split shards of --data to read (default: "
+                        "<out>/data-official, written on first use)")
     p.add_argument("--fresh", action="store_true", help="retrain and re-evaluate everything")
     a = p.parse_args(argv)
     a.out = os.path.abspath(a.out)
+    a.data_root = os.path.abspath(a.data_root or os.path.join(a.out, "data-official"))
     os.makedirs(a.out, exist_ok=True)
     madry_epochs = 100 if a.full else a.madry_epochs
     t0 = time.time()
     if a.only == "speed":
         sp = speed(a)
         print(json.dumps(sp, indent=1))
+        return
+    if a.only == "fast_at":
+        print(json.dumps(fast_at_only(a), indent=1))
         return
 
     train(a, "fast_at", fast_at_overrides(a), plain=True)
