@@ -17,7 +17,9 @@ A method (scaletrain.methods.Method) declares its events; only declared events a
 index), the same on 1 and N ranks; the model's random layers (DropBlock, VIB, SDE: rng.SampleKeyedLayer)
 draw from forks of the same streams, bound for the step (`bind_sample_rng`) and unbound after it.
 `ctx.request_rollback()` reloads the newest checkpoint and continues from it (a
-catastrophic-overfitting guard); with several ranks every rank must request it at the same
+catastrophic-overfitting guard); `request_rollback(reason, at_most_step=S)` reloads the newest
+checkpoint of step <= S instead (the last state the method judged sound; the newest one if no
+such checkpoint is left); with several ranks every rank must request it at the same
 step (decide on an all-reduced metric: `ctx.all_reduce_sum`). Method state
 (`state_dict`) is saved in every checkpoint (per rank) and restored on resume and rollback
 (except the keys the method lists in `rollback_keep`).
@@ -34,7 +36,8 @@ import torch
 from omegaconf import OmegaConf
 
 from . import dist as D
-from .checkpoint import CheckpointManager, load_buffers, module_buffers, resolve_resume, rng_state, set_rng_state
+from .checkpoint import (CheckpointManager, list_checkpoints, load_buffers, module_buffers, resolve_resume,
+                         rng_state, set_rng_state)
 from .guards import FiniteLossGuard
 from .hooks import active_hooks, call
 from .optim import LRSchedule, Segment
@@ -54,6 +57,7 @@ class StepContext:
     step: int = 0
     state: Dict[str, Any] = field(default_factory=dict)   # a method's own scratch space
     rollback_reason: Optional[str] = None
+    rollback_at_most: Optional[int] = None   # reload the newest checkpoint of step <= this (None: newest)
     replay: int = 0                  # replay index of this batch (Free AT), 0..replays-1
     sample_index: Optional[torch.Tensor] = None   # global sample index of each row of the batch
     rng: Optional[SampleRNG] = None  # per-sample random numbers (module scaletrain.rng)
@@ -64,8 +68,8 @@ class StepContext:
     def device(self):
         return self.engine.device
 
-    def request_rollback(self, reason: str = "requested") -> None:
-        self.rollback_reason = reason
+    def request_rollback(self, reason: str = "requested", at_most_step: Optional[int] = None) -> None:
+        self.rollback_reason, self.rollback_at_most = reason, at_most_step
 
     def all_reduce_sum(self, values: List[float]) -> List[float]:
         """Sum of plain numbers over ranks (every rank must call, in the same order)."""
@@ -146,11 +150,9 @@ class Trainer:
                     break
                 except _Rollback as r:
                     self.rollbacks += 1
-                    latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
-                    if latest is None:
-                        raise RuntimeError(f"rollback requested ({r}) but no checkpoint exists yet") from None
+                    target = self._rollback_target(*r.args)
                     keep = {k: m.rollback_state() for k, m in self._live_methods().items()}
-                    self.restore(latest)
+                    self.restore(target)
                     for k, m in self._live_methods().items():
                         m.load_rollback_state(keep.get(k, {}))
         finally:
@@ -218,8 +220,28 @@ class Trainer:
                 self._log(si, ep, eng.lr)
         bind_sample_rng(eng.module, None)
         if ctx.rollback_reason:
-            reason, ctx.rollback_reason = ctx.rollback_reason, None
-            raise _Rollback(reason)
+            reason, at_most, ctx.rollback_reason, ctx.rollback_at_most = \
+                ctx.rollback_reason, ctx.rollback_at_most, None, None
+            raise _Rollback(reason, at_most)
+
+    def _rollback_target(self, reason: str, at_most: Optional[int] = None) -> str:
+        """The checkpoint a rollback reloads: the newest one, or with `at_most` the newest of step
+        <= at_most (a guard's last sound probe: the newest checkpoint may hold the very weights it
+        judged collapsed). Every rank lists the same step folders, so all pick the same step."""
+        latest = self.last_checkpoint or resolve_resume("auto", self.run_dir)
+        if latest is None:
+            raise RuntimeError(f"rollback requested ({reason}) but no checkpoint exists yet")
+        if at_most is None:
+            return latest
+        steps = {int(os.path.basename(p)[len("step_"):]): p for p in list_checkpoints(self.ckpt.root)}
+        ok = [st for st in steps if st <= at_most]
+        if ok:
+            return steps[max(ok)]
+        if self.is_rank0:
+            print(f"[scaletrain] rollback ({reason}): no checkpoint of step <= {at_most} is left "
+                  f"(train.keep_last={self.cfg.train.keep_last}); reloading the newest, {os.path.basename(latest)}",
+                  flush=True)
+        return latest
 
     def _loss_closure(self, method, x, y, ctx, si, index, step0, replay):
         """The method's loss of (x, y) at the current weights, with the same per-sample random numbers."""

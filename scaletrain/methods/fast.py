@@ -17,7 +17,9 @@ ranks. It fires when
 
 and then alerts (console, train_log.jsonl, W&B) and responds (`guard.response`):
 * `step_size`: the FGSM step is multiplied by `guard.step_factor` from the next step on;
-* `rollback`: the run reloads its last checkpoint (`ctx.request_rollback`) and continues with the
+* `rollback`: the run reloads the newest checkpoint at or before the last probe that did not fire
+  (`ctx.request_rollback(..., at_most_step=)`: the newest checkpoint may hold the very weights the
+  probe judged collapsed, when checkpoints and probes fall on the same steps) and continues with the
   step multiplied by `guard.step_factor` (the lowered step survives the rollback; replaying the
   same steps unchanged would collapse again, since the run is deterministic).
 After `guard.max_responses` responses the guard only alerts. (`fired_at` holds `ctx.step` of the
@@ -68,7 +70,8 @@ def collapsed(pgd_acc: float, fgsm_acc: float, best_pgd: float, collapse: float,
 class FastAT(AdversarialMethod):
     name = "fast_at"
     events = (Event.LOSS, Event.AFTER_STEP)
-    state_attrs = ("alpha_scale", "best_pgd", "last_pgd", "last_fgsm", "probes", "responses", "fired_at")
+    state_attrs = ("alpha_scale", "best_pgd", "last_pgd", "last_fgsm", "probes", "responses", "fired_at",
+                   "sound_at")
     rollback_keep = ("alpha_scale", "responses", "fired_at")
 
     def __init__(self, cfg):
@@ -77,6 +80,7 @@ class FastAT(AdversarialMethod):
         self.best_pgd, self.last_pgd, self.last_fgsm = 0.0, -1.0, -1.0
         self.probes, self.responses = 0, 0
         self.fired_at: list = []
+        self.sound_at = -1                # step of the last probe that did not fire (-1: none yet)
         self._counts = [0, 0, 0]          # PGD correct, FGSM correct, samples of this step's probe
 
     @classmethod
@@ -142,11 +146,16 @@ class FastAT(AdversarialMethod):
         self.last_pgd, self.last_fgsm = pgd_acc, fgsm_acc
         if not collapsed(pgd_acc, fgsm_acc, self.best_pgd, g.collapse, g.gap):
             self.best_pgd = max(self.best_pgd, pgd_acc)
+            self.sound_at = int(ctx.step)
             return
         self.fired_at = list(self.fired_at) + [int(ctx.step)]
         act = self.responses < g.max_responses
+        # the probe judged the weights after ctx.step updates, which the checkpoint of that step holds:
+        # a rollback goes to the newest checkpoint at or before the last sound probe
+        back = self.sound_at if self.sound_at >= 0 else int(ctx.step) - 1
         what = ("none (max_responses reached)" if not act else
-                f"step x{g.step_factor}" + (", rollback to the last checkpoint" if g.response == "rollback" else ""))
+                f"step x{g.step_factor}" + (f", rollback to the newest checkpoint of step <= {back} (the last "
+                                            f"sound probe)" if g.response == "rollback" else ""))
         ctx.alert("catastrophic overfitting",
                   f"PGD-{g.pgd_steps} accuracy {pgd_acc:.3f} (best {self.best_pgd:.3f}) while FGSM accuracy "
                   f"{fgsm_acc:.3f} on the training batch; response: {what}",
@@ -157,4 +166,4 @@ class FastAT(AdversarialMethod):
         self.alpha_scale *= float(g.step_factor)
         self.best_pgd = pgd_acc  # the baseline restarts: fire again only on a further collapse
         if g.response == "rollback":
-            ctx.request_rollback(f"catastrophic overfitting at step {ctx.step}")
+            ctx.request_rollback(f"catastrophic overfitting at step {ctx.step}", at_most_step=back)

@@ -87,3 +87,16 @@ def test_guard_rollback_response_reloads_and_continues(tmp_path):
     assert [r["step"] for r in rows] == list(range(1, 13))      # every step logged once
     assert [r["alpha_scale"] for r in rows][:4] == [1.0] * 4 and rows[5]["alpha_scale"] == 0.5
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+
+
+def test_guard_rollback_skips_the_checkpoint_holding_the_collapsed_weights(tmp_path):
+    # checkpoints and probes every 2 steps: the probe of step 6 judges the weights the step-6
+    # checkpoint holds, so the rollback must reload step 4 (the last sound probe), not step 6
+    res, m, run_dir = _fit(tmp_path, "rollback2", "method.guard.response=rollback", "train.ckpt_every=2",
+                           "train.keep_last=0", force=(6,))
+    assert res["rollbacks"] == 1 and res["global_step"] == 12
+    assert m.fired_at == [6] and m.responses == 1 and m.alpha_scale == 0.5 and m.sound_at == 10
+    rows = [json.loads(line) for line in open(os.path.join(run_dir, "train_log.jsonl"))]
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    # steps 5 and 6 were replayed with the lowered step (reloading step 6 would have kept them at 1.0)
+    assert [r["alpha_scale"] for r in rows][:4] == [1.0] * 4 and rows[4]["alpha_scale"] == 0.5
