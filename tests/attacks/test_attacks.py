@@ -128,6 +128,36 @@ def test_restarts_keep_worst_case(digits_model, digits_test):
         assert bool(((digits_model(last).argmax(1) != y) <= fooled1).all())
 
 
+def test_track_best_keeps_first_fooling_else_highest_objective_iterate(digits_model, digits_test):
+    """PGD(track_best) per sample: the first iterate that fools the model, else the iterate of highest
+    objective; the same with an objective given per call (every sample then stays in the walk)."""
+    import torch.nn.functional as F
+    from scaletrain.attacks.base import random_start
+    x, y = digits_test[0][:120], digits_test[1][:120]
+    eps, steps = 0.06, 4
+    alpha = 2.5 * eps / steps
+    xa = random_start(x, eps, "linf", torch.Generator().manual_seed(5))
+    lo, hi = (x - eps).clamp(min=0), (x + eps).clamp(max=1)
+    best, best_loss, done = x.clone(), torch.full((x.shape[0],), float("-inf")), torch.zeros_like(y, dtype=torch.bool)
+    for t in range(steps + 1):                      # the plain walk, every iterate evaluated
+        xa.requires_grad_(True)
+        logits = digits_model(xa)
+        loss = F.cross_entropy(logits, y, reduction="none")
+        (g,) = torch.autograd.grad(loss.sum(), xa)
+        xa = xa.detach()
+        fooled = logits.argmax(1) != y
+        take = ~done & (fooled | (loss.detach() > best_loss))
+        best[take], best_loss[take] = xa[take], loss.detach()[take]
+        done |= fooled
+        xa = torch.max(torch.min(xa + alpha * g.sign(), hi), lo)
+    assert 0 < int(done.sum()) < x.shape[0]
+    ce = lambda logits, y, clean: F.cross_entropy(logits, y, reduction="none")  # noqa: E731
+    for objective in (None, ce):
+        got = PGD(eps=eps, steps=steps, track_best=True)(digits_model, x, y, torch.Generator().manual_seed(5),
+                                                          objective=objective)
+        assert torch.allclose(got, best, atol=1e-6), objective
+
+
 @pytest.mark.parametrize("name", ["fgsm", "pgd", "bim", "mim", "apgd"])
 def test_targeted(name, digits_model, digits_test):
     x, y = digits_test[0][:64], digits_test[1][:64]
