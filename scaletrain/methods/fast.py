@@ -133,7 +133,14 @@ class FastAT(AdversarialMethod):
         labels = hard_labels(attack_labels(ctx.attack_model, x, y, self.target))
         pgd = create_attack("pgd", eps=a.eps, steps=int(g.pgd_steps), norm=a.norm, model_mode=a.model_mode,
                             track_best=True)
-        fgsm = self.attack_for(ctx.step)
+        # the FGSM of the probe takes the configured step, not the guard's lowered one: a weaker FGSM
+        # would raise the probe's FGSM accuracy and fire again on the same weights (measured: MNIST
+        # fast AT seed 2 fired five times at one checkpoint after rollbacks)
+        scale, self.alpha_scale = self.alpha_scale, 1.0
+        try:
+            fgsm = self.attack_for(ctx.step)
+        finally:
+            self.alpha_scale = scale
         c_pgd, c_fgsm = probe_accuracy(ctx.attack_model, x, labels, [pgd, fgsm], ctx.rng.fork("guard"))
         self._counts = [self._counts[0] + c_pgd, self._counts[1] + c_fgsm, self._counts[2] + x.shape[0]]
 
