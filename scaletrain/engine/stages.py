@@ -32,6 +32,7 @@ from typing import Any, Callable, Dict, List, Optional
 
 import torch
 
+from ..attacks import attack_from_config
 from ..config.stages import stage_method
 from ..errors import ConfigError
 from ..rng import SampleRNG
@@ -190,8 +191,12 @@ class StageRuntime:
     def describe(self, si: int) -> Dict[str, Any]:
         st, m = self.stages[si], self._method_cfg(si)
         side = int(st.image_size or self.cfg.data.augment.resize or self.cfg.model.image_size)
+        try:    # iterations the attack runs (FGSM: 1, whatever `steps` the section holds)
+            steps = int(getattr(attack_from_config(m.attack), "steps", 1))
+        except ConfigError:   # an unused attack section (method standard) is not validated
+            steps = int(m.attack.steps)
         out = {"name": st.name, "method": str(m.name), "attack": str(m.attack.name),
-               "attack_eps": float(m.attack.eps), "attack_steps": int(m.attack.steps),
+               "attack_eps": float(m.attack.eps), "attack_steps": steps,
                "image_size": side, "token_keep": st.token_keep, "token_mask": st.token_mask,
                "epochs": st.epochs, "lr": st.lr, "optimizer_state": st.optimizer_state}
         if m.attack.alpha is not None:

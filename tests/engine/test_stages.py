@@ -14,7 +14,7 @@ import yaml
 from scaletrain.config import load_config
 from scaletrain.config.stages import stage_method
 from scaletrain.engine.optim import LRSchedule, Segment
-from scaletrain.engine.stages import plan_stages, resolve_lengths
+from scaletrain.engine.stages import StageRuntime, plan_stages, resolve_lengths
 from scaletrain.errors import ConfigError
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -61,6 +61,16 @@ def test_stage_two_typo_exits_2_before_training(tmp_path):
     assert p.returncode == 2, p.stderr[-2000:]
     assert "stages[1].method.attack.setps" in p.stderr and "did you mean" in p.stderr.lower()
     assert not (tmp_path / "runs").exists() and not (tmp_path / "data").exists()   # nothing started
+
+
+def test_stage_summary_counts_the_iterations_the_attack_runs():
+    # FGSM makes one step whatever `steps` the attack section holds (the default 5 was printed before)
+    cfg = load_config(None, ["method.name=fast_at", "method.attack.name=fgsm_rs", "method.attack.eps=0.3",
+                             "stages=[{name: a, epochs: 1}, {name: b, epochs: 1, method: {name: pgd_at, "
+                             "attack: {name: pgd, steps: 7}}}]"])
+    engine = type("E", (), {"module": torch.nn.Linear(2, 2)})()
+    rt = StageRuntime(cfg, engine, plan_stages(cfg))
+    assert [(rt.describe(i)["attack"], rt.describe(i)["attack_steps"]) for i in (0, 1)] == [("fgsm_rs", 1), ("pgd", 7)]
 
 
 def test_lengths_in_samples_and_per_stage_schedules():
