@@ -25,6 +25,7 @@ import os
 import socket
 import struct
 import sys
+import time
 from typing import Any, Dict, Iterable, List, Optional
 from urllib.parse import urlparse
 
@@ -167,8 +168,11 @@ class Tracker:
 
     def finish(self) -> None:
         if self.run is not None:
+            path = str(self.run.settings.sync_file) if self.mode == "offline" else None
             self.run.finish()
             self.run = None
+            if path:
+                wait_for_exit_record(path)
 
 
 def flatten_report(report: Dict[str, Any], prefix: str = "eval") -> Dict[str, float]:
@@ -230,6 +234,32 @@ def _iter_log_records(path: str) -> Iterable[bytes]:
         elif kind == _LAST:
             yield pending + data
             pending = b""
+
+
+def wait_for_exit_record(wandb_file: str, timeout: float = 60.0) -> bool:
+    """Wait until W&B's service has written the run's `exit` record to its `.wandb` file.
+    `run.finish()` can return while the service still holds the file's tail: under load a just
+    finished offline run was read back with no history at all (twice in one day on the 2-core CI
+    machine), and a `wandb sync` started then would miss the data too. Returns whether the record
+    appeared within `timeout` seconds; if not, warns and returns False (the run goes on)."""
+    from google.protobuf.message import DecodeError
+    from wandb.proto import wandb_internal_pb2
+
+    deadline = time.time() + timeout
+    while True:
+        try:
+            for data in _iter_log_records(wandb_file):
+                rec = wandb_internal_pb2.Record()
+                rec.ParseFromString(data)
+                if rec.WhichOneof("record_type") == "exit":
+                    return True
+        except (OSError, ValueError, DecodeError):   # not created yet, or a half-written record
+            pass
+        if time.time() >= deadline:
+            print(f"scaletrain: warning: W&B has not finished writing {wandb_file} after {timeout:.0f} s; "
+                  "its last records may be missing", file=sys.stderr, flush=True)
+            return False
+        time.sleep(0.1)
 
 
 def read_offline_history(wandb_file: str) -> List[Dict[str, Any]]:

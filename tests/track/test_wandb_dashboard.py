@@ -56,3 +56,29 @@ def test_nonfinite_loss_guard_raises():
     g.on_log(None, {"loss": 0.3}, 5)
     with pytest.raises(FloatingPointError, match="nan at step 7"):
         g.on_log(None, {"loss": float("nan")}, 7)
+
+
+def test_finish_returns_only_once_the_run_file_is_complete(tmp_path, capsys):
+    # run.finish() may return before W&B's service wrote the file's tail (an offline run read back
+    # with no history under load): Tracker.finish() waits for the exit record
+    import shutil
+
+    from omegaconf import OmegaConf
+    from scaletrain.track import Tracker
+    from scaletrain.track.wandb_tracker import wait_for_exit_record
+
+    cfg = OmegaConf.create({"wandb": True, "mode": "offline", "project": "p", "entity": None, "group": None,
+                            "tags": []})
+    t = Tracker(cfg, str(tmp_path / "run"), {}, name="x")
+    for i in range(3):
+        t.log({"a": i}, step=i)
+    t.finish()
+    f = find_offline_runs(str(tmp_path / "run"))[0]
+    assert [r["a"] for r in read_offline_history(f)] == [0, 1, 2]       # read at once: complete
+    cut = str(tmp_path / "cut.wandb")                                   # the same file without its tail
+    shutil.copy(f, cut)
+    with open(cut, "r+b") as fh:
+        fh.truncate(os.path.getsize(f) - 8)
+    assert wait_for_exit_record(f, timeout=1.0)
+    assert not wait_for_exit_record(cut, timeout=0.3)
+    assert "has not finished writing" in capsys.readouterr().err
