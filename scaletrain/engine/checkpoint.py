@@ -113,8 +113,11 @@ def list_checkpoints(root: str) -> List[str]:
     return [p for _, p in sorted(found)]
 
 
-def latest_checkpoint(root: str) -> Optional[str]:
+def latest_checkpoint(root: str, at_most_step: Optional[int] = None) -> Optional[str]:
+    """The newest complete checkpoint, or the newest of global step <= `at_most_step`."""
     ckpts = list_checkpoints(root)
+    if at_most_step is not None:
+        ckpts = [p for p in ckpts if int(_NAME.match(os.path.basename(p)).group(1)) <= at_most_step]
     return ckpts[-1] if ckpts else None
 
 

@@ -36,7 +36,7 @@ import torch
 from omegaconf import OmegaConf
 
 from . import dist as D
-from .checkpoint import (CheckpointManager, list_checkpoints, load_buffers, module_buffers, resolve_resume,
+from .checkpoint import (CheckpointManager, latest_checkpoint, load_buffers, module_buffers, resolve_resume,
                          rng_state, set_rng_state)
 from .guards import FiniteLossGuard
 from .hooks import active_hooks, call
@@ -233,10 +233,9 @@ class Trainer:
             raise RuntimeError(f"rollback requested ({reason}) but no checkpoint exists yet")
         if at_most is None:
             return latest
-        steps = {int(os.path.basename(p)[len("step_"):]): p for p in list_checkpoints(self.ckpt.root)}
-        ok = [st for st in steps if st <= at_most]
-        if ok:
-            return steps[max(ok)]
+        sound = latest_checkpoint(self.ckpt.root, at_most_step=at_most)
+        if sound is not None:
+            return sound
         if self.is_rank0:
             print(f"[scaletrain] rollback ({reason}): no checkpoint of step <= {at_most} is left "
                   f"(train.keep_last={self.cfg.train.keep_last}); reloading the newest, {os.path.basename(latest)}",

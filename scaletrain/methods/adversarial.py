@@ -105,17 +105,18 @@ class AdversarialMethod(Method):
         attack_from_config(cfg.attack)  # attack names and options, with the key named
 
     # ---- the attack of this step ------------------------------------------------
-    def attack_for(self, step: int):
+    def attack_for(self, step: int, alpha_scale: Optional[float] = None):
         """The attack at optimizer step `step`: eps and iterations after warm-up; an explicit
-        step size scales with eps (and with the guard's `alpha_scale`)."""
+        step size scales with eps and with `alpha_scale` (default: the guard's `self.alpha_scale`)."""
+        scale = self.alpha_scale if alpha_scale is None else float(alpha_scale)
         a = self.attack_cfg
         eps = warmup(float(a.eps), step, self.eps_warmup)
         steps = max(1, round(warmup(float(a.steps), step, self.steps_warmup))) if a.steps else a.steps
         alpha = None if a.alpha is None else float(a.alpha) * (eps / a.eps if a.eps else 1.0)
-        if alpha is None and self.alpha_scale != 1.0:
+        if alpha is None and scale != 1.0:
             alpha = self._default_alpha(eps, steps)
         if alpha is not None:
-            alpha *= self.alpha_scale
+            alpha *= scale
         key = (eps, steps, alpha)
         if self._cache[0] != key:
             self._cache = (key, create_attack(a.name, eps=eps, alpha=alpha, steps=steps, norm=a.norm,

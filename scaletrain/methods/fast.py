@@ -136,11 +136,7 @@ class FastAT(AdversarialMethod):
         # the FGSM of the probe takes the configured step, not the guard's lowered one: a weaker FGSM
         # would raise the probe's FGSM accuracy and fire again on the same weights (measured: MNIST
         # fast AT seed 2 fired five times at one checkpoint after rollbacks)
-        scale, self.alpha_scale = self.alpha_scale, 1.0
-        try:
-            fgsm = self.attack_for(ctx.step)
-        finally:
-            self.alpha_scale = scale
+        fgsm = self.attack_for(ctx.step, alpha_scale=1.0)
         c_pgd, c_fgsm = probe_accuracy(ctx.attack_model, x, labels, [pgd, fgsm], ctx.rng.fork("guard"))
         self._counts = [self._counts[0] + c_pgd, self._counts[1] + c_fgsm, self._counts[2] + x.shape[0]]
 
